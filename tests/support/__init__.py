@@ -1,0 +1,1 @@
+"""Shared test support: loopback servers and helpers that every suite uses."""
