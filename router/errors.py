@@ -1,0 +1,142 @@
+"""The router's exception tree. The edge (`do_event.py`) alone maps these to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+    code = "router_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(RouterError):
+    """The settings are missing or invalid; the router cannot serve."""
+
+    code = "misconfigured"
+
+
+class BadRequest(RouterError):
+    """The caller sent something we will not forward."""
+
+    code = "bad_request"
+
+
+class NotFound(RouterError):
+    """No such path or method."""
+
+    code = "not_found"
+
+
+class MethodNotAllowed(RouterError):
+    """The path exists, but not for this method."""
+
+    code = "method_not_allowed"
+
+
+class Unauthorized(RouterError):
+    """A required API key is missing or wrong."""
+
+    code = "invalid_api_key"
+
+
+class Forbidden(RouterError):
+    """The browser origin is not on the CORS allowlist."""
+
+    code = "origin_not_allowed"
+
+
+class PayloadTooLarge(RouterError):
+    """The body is larger than the configured limit."""
+
+    code = "payload_too_large"
+
+
+class DeadlineExceeded(RouterError):
+    """The request's deadline ran out before any backend answered."""
+
+    code = "deadline_exceeded"
+
+
+class NoBackend(RouterError):
+    """Every backend failed, or is skipped, and time remains: the caller may retry later."""
+
+    code = "no_backend"
+
+    def __init__(self, message: str, *, retry_after_s: int, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reasons = reasons
+
+
+class BackendError(RouterError):
+    """One backend failed one attempt. `reason` is the `X-Chat-Fallback` value it causes.
+
+    `sent` says whether the request may have reached the backend (and so may be billed);
+    `retryable` says whether the same backend may be tried again within the budget.
+    """
+
+    code = "backend_error"
+    reason = "error"
+
+    def __init__(self, message: str, *, backend: str, sent: bool = True, retryable: bool = False,
+                 retry_after_s: float | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.sent = sent
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+
+class BackendTimeout(BackendError):
+    """No complete answer within the attempt's share of the deadline."""
+
+    reason = "timeout"
+
+
+class BackendUnavailable(BackendError):
+    """Connection refused or reset, or a 5xx from the backend."""
+
+    reason = "unavailable"
+
+
+class SpaceSleeping(BackendError):
+    """The Space answered with Hugging Face's sleeping page."""
+
+    reason = "space_sleeping"
+
+
+class SpaceStarting(BackendError):
+    """The Space is starting or broken: 502/503/504, or a non-JSON page."""
+
+    reason = "space_starting"
+
+
+class BackendRateLimited(BackendError):
+    """The backend answered 429."""
+
+    reason = "rate_limited"
+
+
+class BackendRejected(BackendError):
+    """The backend refused the request with a 4xx other than 429."""
+
+    reason = "error"
+
+
+class BackendProtocolError(BackendError):
+    """The backend answered, but not with the JSON the protocol promises."""
+
+    reason = "error"
+
+
+class CircuitOpen(BackendError):
+    """The backend failed repeatedly and is skipped until its cool-down ends."""
+
+    reason = "circuit_open"

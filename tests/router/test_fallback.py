@@ -1,0 +1,167 @@
+"""DESIGN §4 through the real `main`: each Space failure falls back to the worker in time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from router.do_event import FunctionContext
+from tests.conftest import load_event
+from tests.fakes.hub import FakeHub
+from tests.fakes.openai_backend import FakeBackend
+
+DEADLINE_MS = 3000
+
+
+def refused_url() -> str:
+    """A loopback URL on which nothing listens (the port was bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def fast_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "ROUTER_DEADLINE_MS": str(DEADLINE_MS), "FALLBACK_RESERVE_MS": "1500"}
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("sleeping", "space_sleeping"),
+    ("status:503", "space_starting"),
+    ("hang", "timeout"),
+    ("refused", "unavailable"),
+])
+def test_llm_falls_back_to_worker_and_wakes_once(make_main, fast_env, worker: FakeBackend,
+                                                 space: FakeBackend, hub: FakeHub, mode, reason):
+    """GIVEN a Space that is asleep/starting/hung/refusing WHEN `llm` requests arrive
+    THEN the worker answers within the deadline, the fallback names the reason,
+    and exactly one wake request reaches the Hub."""
+    if mode == "refused":
+        fast_env = {**fast_env, "SPACE_URL": refused_url()}
+    else:
+        space.mode = mode
+    main = make_main(fast_env)
+
+    started = time.monotonic()
+    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    elapsed_ms = (time.monotonic() - started) * 1000
+
+    assert result["statusCode"] == 200
+    assert result["headers"]["x-chat-backend"] == "worker"
+    assert result["headers"]["x-chat-fallback"] == reason
+    assert json.loads(result["body"])["choices"][0]["message"]["content"].startswith("worker:")
+    assert elapsed_ms < DEADLINE_MS + 100
+    assert hub.restarted.wait(5), "no wake request reached the Hub"
+
+    # A second request inside the wake cool-down sends no second wake.
+    second = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    assert second["headers"]["x-chat-backend"] == "worker"
+    assert hub.restarts == 1
+    assert worker.generation_requests() == 2
+
+
+def test_running_space_is_not_restarted(make_main, fast_env, space: FakeBackend, hub: FakeHub):
+    """GIVEN a Space that 503s while the Hub says RUNNING WHEN falling back
+    THEN the wake path reads the stage and does not restart a running Space."""
+    hub.stage = "RUNNING"
+    space.mode = "status:503"
+    main = make_main(fast_env)
+    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    assert result["headers"]["x-chat-fallback"] == "space_starting"
+    # The wake thread has been joined (within WAKE_GRACE_MS) before the answer left.
+    assert ("GET", "/api/spaces/acme/chat-llm/runtime") in hub.calls
+    assert hub.restarts == 0
+
+
+def test_both_down_is_503_with_retry_after(make_main, fast_env, worker: FakeBackend,
+                                           space: FakeBackend):
+    """GIVEN both backends failing WHEN an `llm` request arrives
+    THEN a 503 JSON error with Retry-After, inside the deadline."""
+    space.mode = "sleeping"
+    worker.mode = "status:500"
+    main = make_main(fast_env)
+    started = time.monotonic()
+    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    assert (time.monotonic() - started) * 1000 < DEADLINE_MS + 100
+    assert result["statusCode"] == 503
+    assert int(result["headers"]["retry-after"]) >= 1
+    assert json.loads(result["body"])["error"]["code"] == "no_backend"
+
+
+def test_both_hanging_is_504_at_the_deadline(make_main, fast_env, worker: FakeBackend,
+                                             space: FakeBackend):
+    """GIVEN both backends hanging WHEN a request arrives THEN 504 at the deadline, not later."""
+    space.mode = worker.mode = "hang"
+    main = make_main(fast_env)
+    started = time.monotonic()
+    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert result["statusCode"] == 504
+    assert json.loads(result["body"])["error"]["code"] == "deadline_exceeded"
+    assert DEADLINE_MS - 200 < elapsed_ms < DEADLINE_MS + 100
+
+
+def test_platform_time_and_header_shorten_the_deadline(make_main, fast_env,
+                                                       worker: FakeBackend, space: FakeBackend):
+    """GIVEN little platform time, or a caller's shorter deadline header WHEN all hang
+    THEN the answer comes by the shorter deadline (never below the floor)."""
+    space.mode = worker.mode = "hang"
+    main = make_main(fast_env)
+    started = time.monotonic()
+    main(load_event("chat_completions_llm"), FunctionContext.with_timeout(1_700))
+    assert (time.monotonic() - started) * 1000 < 1_700 - 500 + 100
+    started = time.monotonic()
+    event = load_event("chat_completions_llm", headers={"x-chat-deadline-ms": "10"})
+    result = main(event, FunctionContext.with_timeout(28_000))
+    assert result["statusCode"] == 504
+    assert 900 < (time.monotonic() - started) * 1000 < 1_100  # MIN_DEADLINE_MS is 1000
+
+
+def test_breaker_skips_a_failing_space(make_main, fast_env, worker: FakeBackend,
+                                       space: FakeBackend):
+    """GIVEN a Space that keeps failing WHEN more requests come THEN after 3 failures the Space
+    is skipped (`circuit_open`) without being called."""
+    space.mode = "status:500"
+    main = make_main({**fast_env, "BREAKER_FAILURES": "3", "BREAKER_COOLDOWN_S": "60"})
+    reasons = [main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+               ["headers"]["x-chat-fallback"] for _ in range(5)]
+    assert reasons == ["unavailable"] * 3 + ["circuit_open"] * 2
+    assert space.generation_requests() == 3
+
+
+def test_worker_failure_falls_back_to_space(make_main, fast_env, worker: FakeBackend,
+                                            space: FakeBackend):
+    """GIVEN a dead worker WHEN a small request arrives THEN the Space answers it."""
+    worker.mode = "status:500"
+    main = make_main(fast_env)
+    result = main(load_event("chat_completions"), FunctionContext.with_timeout(28_000))
+    assert result["headers"]["x-chat-backend"] == "space"
+    assert result["headers"]["x-chat-fallback"] == "unavailable"
+
+
+def test_generation_is_not_resent_after_it_reached_the_backend(
+        make_main, fast_env, worker: FakeBackend, space: FakeBackend):
+    """GIVEN a worker that answers 504 (it may have run the request) WHEN a chat comes
+    THEN it is not re-sent to the worker; embeddings (idempotent) are retried."""
+    worker.mode = "status:504"
+    main = make_main(fast_env)
+    main(load_event("chat_completions"), FunctionContext.with_timeout(28_000))
+    assert worker.generation_requests() == 1
+    main(load_event("embeddings"), FunctionContext.with_timeout(28_000))
+    assert sum(1 for s in worker.seen if s.path == "/v1/embeddings") == 3
+
+
+def test_retry_after_that_fits_is_honoured(make_main, fast_env, worker: FakeBackend):
+    """GIVEN a worker answering 429 with Retry-After WHEN the wait fits the budget
+    THEN the request is retried (it never ran), up to RETRY_ATTEMPTS."""
+    worker.mode = "status:429"
+    worker.retry_after = "0"
+    main = make_main({**fast_env, "SPACE_URL": ""})
+    result = main(load_event("chat_completions"), FunctionContext.with_timeout(28_000))
+    assert result["statusCode"] == 503
+    assert result["headers"]["x-chat-fallback"] == "rate_limited"
+    assert worker.generation_requests() == 3
