@@ -1,0 +1,122 @@
+"""Server settings: read from the environment once, at startup, and passed down."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from ai_space.models.packaged import packaged_name
+
+# Environment variable -> field name. Only these are read; everything else is ignored.
+_ENV_FIELDS = {
+    "API_TOKEN": "api_token",
+    "ALLOW_NO_AUTH": "allow_no_auth",
+    "MODEL_ID": "model_id",
+    "MODEL_FILE": "model_file",
+    "EMBEDDING_MODEL_ID": "embedding_model_id",
+    "SERVED_MODEL_NAME": "served_model_name",
+    "DEVICE": "device",
+    "DTYPE": "dtype",
+    "MAX_CONCURRENCY": "max_concurrency",
+    "MAX_QUEUE": "max_queue",
+    "MAX_TOKENS": "max_tokens",
+    "MAX_INPUT_TOKENS": "max_input_tokens",
+    "MAX_BODY_BYTES": "max_body_bytes",
+    "MAX_EMBEDDING_INPUTS": "max_embedding_inputs",
+    "HOST": "host",
+    "PORT": "port",
+    "LOG_LEVEL": "log_level",
+}
+
+# Values that switch the embedding model off (the GPU Space leaves embeddings to the worker).
+_DISABLED = {"", "none", "off", "false", "0"}
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a server that may start."""
+
+
+class Settings(BaseModel):
+    """Everything the server needs to know, validated once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_token: SecretStr | None = None
+    allow_no_auth: bool = False
+    model_id: str = "pkg:smollm2"
+    model_file: str | None = None
+    embedding_model_id: str | None = "pkg:minilm"
+    served_model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    max_queue: int = Field(default=16, ge=0, le=10_000)
+    max_tokens: int = Field(default=512, ge=1)
+    max_input_tokens: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_embedding_inputs: int = Field(default=256, ge=1)
+    host: str = "0.0.0.0"
+    port: int = Field(default=7860, ge=1, le=65535)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Settings:
+        # An empty token would make every request "authorised"; treat it as no token at all.
+        if (self.api_token is None or not self.api_token.get_secret_value()) and \
+                not self.allow_no_auth:
+            raise ValueError("API_TOKEN is not set; set it, or ALLOW_NO_AUTH=1 to run open")
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests must carry the bearer token."""
+        return self.api_token is not None and bool(self.api_token.get_secret_value())
+
+    @property
+    def model_name(self) -> str:
+        """The chat model's public name, as /v1/models and answers report it."""
+        return self.served_model_name or _derive_name(self.model_id, self.model_file)
+
+    @property
+    def embedding_model_name(self) -> str | None:
+        """The embedding model's public name, or None when embeddings are off."""
+        if self.embedding_model_id is None:
+            return None
+        return _derive_name(self.embedding_model_id, None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from an environment mapping; raise ConfigError when it is unusable."""
+        values: dict[str, Any] = {}
+        for key, field in _ENV_FIELDS.items():
+            raw = env.get(key)
+            if raw is None:
+                continue
+            raw = raw.strip()
+            if field == "embedding_model_id":
+                values[field] = None if raw.lower() in _DISABLED else raw
+            elif field == "allow_no_auth":
+                values[field] = raw.lower() in {"1", "true", "yes", "on"}
+            elif raw:
+                values[field] = raw
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            # Never echo the input: it may hold the token.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                                 for e in exc.errors(include_input=False))
+            raise ConfigError(problems) from None
+
+
+def _derive_name(model_id: str, model_file: str | None) -> str:
+    named = packaged_name(model_id)
+    if named is not None:
+        return named
+    path = PurePath(model_id)
+    if path.is_absolute() or model_id.startswith("."):
+        # A local folder: its name, or the GGUF's stem when one file inside is used.
+        return PurePath(model_file).stem if model_file else path.name
+    return model_id

@@ -1,0 +1,135 @@
+"""OpenAI request models, and builders for the answers the openai client parses."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Unknown OpenAI fields (user, logprobs, tools, ...) are accepted and ignored, as clients send
+# them freely; fields we know are validated strictly.
+_LENIENT = ConfigDict(extra="ignore")
+
+
+class TextPart(BaseModel):
+    """One text part of a message's content list."""
+
+    model_config = _LENIENT
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat turn. `developer` is OpenAI's newer name for `system`."""
+
+    model_config = _LENIENT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        """The content as one string."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+    def as_template_turn(self) -> dict[str, str]:
+        """The turn as the chat template expects it."""
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": self.text()}
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`: only `include_usage` is meaningful here."""
+
+    model_config = _LENIENT
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions."""
+
+    model_config = _LENIENT
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4 or any(not s for s in items):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return value
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The stop sequences as a tuple."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings. Token-id inputs are not accepted, only text."""
+
+    model_config = _LENIENT
+    model: str | None = None
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def texts(self) -> list[str]:
+        """The inputs as a list."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def new_completion_id() -> str:
+    """A fresh OpenAI-style completion id."""
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The usage block."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(cid: str, model: str, text: str, finish_reason: str,
+               prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """A non-streamed `chat.completion` object."""
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason, "logprobs": None}],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chunk(cid: str, model: str, created: int, delta: dict[str, str],
+          finish_reason: str | None = None) -> dict[str, Any]:
+    """One `chat.completion.chunk` of a stream."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason,
+                         "logprobs": None}]}
+
+
+def usage_chunk(cid: str, model: str, created: int, prompt_tokens: int,
+                completion_tokens: int) -> dict[str, Any]:
+    """The final chunk that `stream_options.include_usage` asks for: no choices, only usage."""
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    """One entry of /v1/models."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "ai_space"}
