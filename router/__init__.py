@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "Deadline",
     "DeadlineExceeded",
+    "DeadlineExceeded",
     "Decision",
     "FunctionContext",
     "HttpRequest",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import sys
 import time
+from array import array
 from typing import Any
 
 from router.backends import BackendConfig, BackendName
@@ -58,6 +61,14 @@ def outcome_headers(outcome: Outcome, decision: Decision | None) -> dict[str, st
         headers["x-chat-route"] = decision.target
         headers["x-chat-route-reason"] = decision.reason
     return headers
+
+
+def _b64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding encoding: little-endian float32, base64."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
 def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
@@ -119,7 +130,11 @@ class Endpoints:
         """POST /v1/embeddings."""
         body = validate(EmbeddingsRequest, parse_json(request.body))
         outcome = self._embed(check_inputs(body.input, self.settings), deadline)
-        return _json(200, outcome.payload, outcome_headers(outcome, None))
+        payload = outcome.payload
+        if body.encoding_format == "base64":
+            payload = {**payload, "data": [{**item, "embedding": _b64_floats(item["embedding"])}
+                                           for item in payload["data"]]}
+        return _json(200, payload, outcome_headers(outcome, None))
 
     def models(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """GET /v1/models: every name a caller may send, and what serves it."""

@@ -76,7 +76,8 @@ class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = "small"
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    # The openai client asks for base64 by default; backends are always asked for floats.
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 class AiChatRequest(BaseModel):
