@@ -5,10 +5,11 @@ stop strings, streaming and cancellation, and a finished row should leave the ba
 Transformers' continuous-batching API (`generate_batch`) wants a paged-attention setup that is
 aimed at CUDA; this loop runs the same on CPU and GPU with any causal LM and a DynamicCache.
 
-How it batches: the thread waits for work, takes up to `max_batch` queued jobs, prefills them
-together (left padding, per-row position ids) and then decodes one token per row per step.
-Rows that end are dropped from the KV cache. Jobs that arrive meanwhile wait in the queue and
-form the next batch.
+How it batches (continuous batching over a DynamicCache): the thread waits for work, takes up
+to `max_batch` queued jobs, prefills them together (left padding, per-row position ids) and
+decodes one token per row per step. Rows that end leave the KV cache at once. Between steps,
+jobs that arrived meanwhile are prefilled as a group and merged into the running batch (the
+shorter cache is left-padded and masked), as long as slots are free.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ai_space.errors import QueueFull
 from ai_space.generation import Delta, Finished, GenerationJob, TextTracker, pick_next
@@ -40,6 +42,56 @@ class _Row:
     tracker: TextTracker
     generator: torch.Generator | None
     done: bool = False
+
+
+@dataclass
+class _Batch:
+    """Rows decoding together: their shared KV cache, masks, positions and next tokens."""
+
+    rows: list[_Row]
+    cache: DynamicCache
+    attention: torch.Tensor  # (rows, cached length): 0 marks padding
+    positions: torch.Tensor  # (rows, n): position ids of the last input
+    next_ids: list[int] = field(default_factory=list)
+
+    @property
+    def can_join(self) -> bool:
+        """Whether other rows can be merged in: plain (not sliding-window) cache layers only."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the rows at these indices."""
+        index = torch.tensor(keep, device=self.attention.device)
+        self.cache.batch_select_indices(index)
+        self.attention, self.positions = self.attention[index], self.positions[index]
+        self.rows = [self.rows[i] for i in keep]
+
+    def merge(self, other: _Batch) -> _Batch:
+        """Append another batch's rows, left-padding the shorter cache on the time axis."""
+        length = max(self.attention.shape[1], other.attention.shape[1])
+        layers: list[tuple[Any, Any]] = list(zip(self.cache.layers, other.cache.layers,
+                                                 strict=True))
+        for mine, theirs in layers:
+            mine.keys = torch.cat([_pad_time(mine.keys, length, -2),
+                                   _pad_time(theirs.keys, length, -2)])
+            mine.values = torch.cat([_pad_time(mine.values, length, -2),
+                                     _pad_time(theirs.values, length, -2)])
+        self.attention = torch.cat([_pad_time(self.attention, length, -1),
+                                    _pad_time(other.attention, length, -1)])
+        self.positions = torch.cat([self.positions[:, -1:], other.positions[:, -1:]])
+        self.rows = self.rows + other.rows
+        self.next_ids = self.next_ids + other.next_ids
+        return self
+
+
+def _pad_time(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Left-pad `tensor` with zeros along `dim` (the time axis) to `length`."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class Batcher:
@@ -101,7 +153,7 @@ class Batcher:
                     for job in jobs]
             started = time.perf_counter()
             try:
-                self._generate([r for r in rows if not self._cancelled(r)])
+                self._generate(rows)
             except _Stopping:
                 pass
             except Exception as exc:
@@ -139,8 +191,30 @@ class Batcher:
 
     @torch.inference_mode()
     def _generate(self, rows: list[_Row]) -> None:
+        """Run rows to the end, letting queued jobs join between steps while slots are free."""
+        batch = self._prefill([r for r in rows if not self._cancelled(r)])
+        while batch is not None:
+            room = self.max_batch - len(batch.rows)
+            if room > 0 and batch.can_join:
+                joining = [_Row(job, TextTracker(self.tokenizer, job.params.stop),
+                                job.generator()) for job in self._take_now(room)]
+                rows.extend(joining)  # so a failure below also ends these rows
+                new = self._prefill([r for r in joining if not self._cancelled(r)])
+                if new is not None:
+                    batch = batch.merge(new)
+            batch = self._step(batch)
+
+    def _take_now(self, limit: int) -> list[GenerationJob]:
+        with self._cond:
+            jobs: list[GenerationJob] = []
+            while self._pending and len(jobs) < limit:
+                jobs.append(self._pending.popleft())
+            return jobs
+
+    def _prefill(self, rows: list[_Row]) -> _Batch | None:
+        """Run the prompts of `rows` together; return the rows still going, or None."""
         if not rows:
-            return
+            return None
         device = self.model.device
         for row in rows:
             row.job.batch_size = len(rows)
@@ -148,36 +222,41 @@ class Batcher:
         ids = [[self.pad_id] * (width - len(r.job.prompt_ids)) + r.job.prompt_ids for r in rows]
         mask = [[0] * (width - len(r.job.prompt_ids)) + [1] * len(r.job.prompt_ids)
                 for r in rows]
-        input_ids = torch.tensor(ids, device=device)
         attention = torch.tensor(mask, device=device)
         # Left padding shifts every row; position ids keep each prompt starting at 0.
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        while True:
-            if not self._hold(rows):
-                return
-            out = self.model(input_ids=input_ids, attention_mask=attention,
-                             position_ids=positions, past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1, :]
-            keep: list[int] = []
-            next_ids: list[int] = []
-            for i, row in enumerate(rows):
-                if self._cancelled(row):
-                    continue
-                token = self._pick(logits[i], row)
-                if self._advance(row, token):
-                    keep.append(i)
-                    next_ids.append(token)
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                attention, positions = attention[index], positions[index]
-                rows = [rows[i] for i in keep]
-            input_ids = torch.tensor(next_ids, device=device).unsqueeze(-1)
-            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=-1)
-            positions = positions[:, -1:] + 1
+        batch = _Batch(list(rows), DynamicCache(config=self.model.config), attention, positions)
+        return self._forward(batch, torch.tensor(ids, device=device))
+
+    def _step(self, batch: _Batch) -> _Batch | None:
+        """Decode one token for every row of the batch."""
+        input_ids = torch.tensor(batch.next_ids, device=self.model.device).unsqueeze(-1)
+        batch.attention = torch.cat(
+            [batch.attention, batch.attention.new_ones((len(batch.rows), 1))], dim=-1)
+        batch.positions = batch.positions[:, -1:] + 1
+        return self._forward(batch, input_ids)
+
+    def _forward(self, batch: _Batch, input_ids: torch.Tensor) -> _Batch | None:
+        if not self._hold(batch.rows):
+            return None
+        out = self.model(input_ids=input_ids, attention_mask=batch.attention,
+                         position_ids=batch.positions, past_key_values=batch.cache,
+                         use_cache=True)
+        logits = out.logits[:, -1, :]
+        keep: list[int] = []
+        batch.next_ids = []
+        for i, row in enumerate(batch.rows):
+            if self._cancelled(row):
+                continue
+            token = self._pick(logits[i], row)
+            if self._advance(row, token):
+                keep.append(i)
+                batch.next_ids.append(token)
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.select(keep)
+        return batch
 
     def _pick(self, logits: torch.Tensor, row: _Row) -> int:
         if row.job.params.temperature <= 0.0:

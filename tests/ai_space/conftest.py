@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from pydantic import SecretStr
 from transformers.utils import logging as hf_logging
@@ -62,3 +63,17 @@ def tiny_server(tiny_settings: Settings) -> Iterator[LoopbackServer]:
     """One ready server on the tiny models, shared by a test module."""
     with serve(tiny_settings) as (server, _):
         yield server
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., openai.OpenAI]]:
+    """A factory of openai clients for a server URL; every client is closed after the test."""
+    made: list[openai.OpenAI] = []
+
+    def make(url: str, api_key: str = TOKEN) -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()

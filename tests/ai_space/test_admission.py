@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -14,15 +15,13 @@ from ai_space import Finished, Hooks, Settings
 from tests.ai_space.conftest import TOKEN, serve
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello world"}]
+MakeClient = Callable[..., openai.OpenAI]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WAIT_S = 60.0
 
 
-def _client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
-
-
-def test_503_with_retry_after_while_loading(tiny_settings: Settings) -> None:
+def test_503_with_retry_after_while_loading(tiny_settings: Settings,
+                                            make_client: MakeClient) -> None:
     """GIVEN loading held by the load gate WHEN /health and chat are called THEN both answer 503
     with Retry-After, and /health says loading; WHEN the gate opens THEN the server is ready."""
     gate = threading.Event()
@@ -37,7 +36,7 @@ def test_503_with_retry_after_while_loading(tiny_settings: Settings) -> None:
         assert chat.headers["retry-after"].isdigit()
         assert chat.json()["error"]["code"] == "model_loading"
         with pytest.raises(openai.InternalServerError) as raised:
-            _client(server.url).chat.completions.create(model="m", messages=HELLO)
+            make_client(server.url).chat.completions.create(model="m", messages=HELLO)
         assert raised.value.status_code == 503
         gate.set()
         assert app.state.host.wait_loaded(WAIT_S)
@@ -59,14 +58,15 @@ def test_load_failure_reports_error(tiny_settings: Settings, tmp_path: object) -
         assert chat.json()["error"]["code"] == "model_error"
 
 
-def test_429_with_retry_after_when_queue_is_full(tiny_settings: Settings) -> None:
+def test_429_with_retry_after_when_queue_is_full(tiny_settings: Settings,
+                                                 make_client: MakeClient) -> None:
     """GIVEN MAX_CONCURRENCY=1, MAX_QUEUE=1, one generation held running and one queued
     WHEN a third request comes THEN 429 with Retry-After; WHEN the gate opens THEN the two
     admitted requests complete."""
     settings = tiny_settings.model_copy(update={"max_concurrency": 1, "max_queue": 1})
     step = threading.Event()
     with serve(settings, Hooks(step_gate=step)) as (server, _):
-        client = _client(server.url)
+        client = make_client(server.url)
         # The first chunk (the role) is sent on admission, so reading it proves admission.
         first = client.chat.completions.create(model="m", messages=HELLO,
                                                max_tokens=4, stream=True)
@@ -84,7 +84,8 @@ def test_429_with_retry_after_when_queue_is_full(tiny_settings: Settings) -> Non
         assert all(texts)
 
 
-def test_concurrent_requests_are_batched_and_match_sequential(tiny_settings: Settings) -> None:
+def test_concurrent_requests_are_batched_and_match_sequential(tiny_settings: Settings,
+                                                              make_client: MakeClient) -> None:
     """GIVEN greedy answers computed one at a time WHEN three prompts of different lengths
     are queued behind a held generation THEN they run as one batch of 3 (left-padded) and
     each answer equals its one-at-a-time answer."""
@@ -93,7 +94,7 @@ def test_concurrent_requests_are_batched_and_match_sequential(tiny_settings: Set
     step = threading.Event()
     step.set()
     with serve(tiny_settings, Hooks(step_gate=step, on_finish=finished.put)) as (server, _):
-        client = _client(server.url)
+        client = make_client(server.url)
 
         def ask(text: str) -> str:
             answer = client.chat.completions.create(
@@ -120,7 +121,8 @@ def test_concurrent_requests_are_batched_and_match_sequential(tiny_settings: Set
     assert sizes == [1, 3, 3, 3]
 
 
-def test_client_disconnect_stops_its_generation(tiny_settings: Settings) -> None:
+def test_client_disconnect_stops_its_generation(tiny_settings: Settings,
+                                                make_client: MakeClient) -> None:
     """GIVEN a streaming request held before its first forward pass WHEN the client closes
     the connection THEN its generation ends as cancelled without producing a token."""
     finished: queue.Queue[Finished] = queue.Queue()
@@ -137,7 +139,8 @@ def test_client_disconnect_stops_its_generation(tiny_settings: Settings) -> None
     assert event.completion_tokens == 0
 
 
-def test_disconnect_while_waiting_for_a_whole_answer(tiny_settings: Settings) -> None:
+def test_disconnect_while_waiting_for_a_whole_answer(tiny_settings: Settings,
+                                                     make_client: MakeClient) -> None:
     """GIVEN a non-streaming request held by the gate WHEN its client gives up and goes away
     THEN its generation ends as cancelled."""
     finished: queue.Queue[Finished] = queue.Queue()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import openai
 import pytest
@@ -15,9 +17,10 @@ HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello wo
 
 
 @pytest.fixture
-def client(tiny_server: LoopbackServer) -> openai.OpenAI:
+def client(tiny_server: LoopbackServer, make_client: Callable[..., openai.OpenAI]
+           ) -> openai.OpenAI:
     """An openai client pointed at the tiny server."""
-    return openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key=TOKEN, max_retries=0)
+    return make_client(tiny_server.url)
 
 
 def test_completion_has_text_usage_and_model(client: openai.OpenAI) -> None:
@@ -114,7 +117,11 @@ def test_models_lists_chat_and_embedding_model(client: openai.OpenAI) -> None:
 def test_huggingface_inference_client(tiny_server: LoopbackServer) -> None:
     """GIVEN huggingface_hub's InferenceClient with base_url WHEN chat_completion is called,
     whole and streamed, THEN both return the assistant's text."""
-    hf = InferenceClient(base_url=tiny_server.url, api_key=TOKEN)
+    with InferenceClient(base_url=tiny_server.url, api_key=TOKEN) as hf:
+        _chat_both_ways(hf)
+
+
+def _chat_both_ways(hf: InferenceClient) -> None:
     turns = [{"role": "user", "content": "hello world"}]
     answer = hf.chat_completion(messages=turns, max_tokens=5, temperature=0)
     assert answer.choices[0].message.content

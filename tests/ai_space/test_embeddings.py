@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -17,9 +18,10 @@ SENTENCES = ["hello world", "the quick brown fox jumps over the lazy dog", "pari
 
 
 @pytest.fixture
-def client(tiny_server: LoopbackServer) -> openai.OpenAI:
+def client(tiny_server: LoopbackServer, make_client: Callable[..., openai.OpenAI]
+           ) -> openai.OpenAI:
     """An openai client pointed at the tiny server."""
-    return openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key=TOKEN, max_retries=0)
+    return make_client(tiny_server.url)
 
 
 def test_embeddings_are_unit_vectors_in_order(client: openai.OpenAI) -> None:
@@ -61,12 +63,13 @@ def test_bad_inputs_get_400(tiny_server: LoopbackServer, body: dict[str, object]
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_no_embedding_model_gives_404(tiny_settings: Settings) -> None:
+def test_no_embedding_model_gives_404(tiny_settings: Settings,
+                                      make_client: Callable[..., openai.OpenAI]) -> None:
     """GIVEN EMBEDDING_MODEL_ID=none WHEN embeddings are asked THEN 404 model_not_found, and
     /v1/models lists the chat model only."""
     settings = tiny_settings.model_copy(update={"embedding_model_id": None})
     with serve(settings) as (server, _):
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+        client = make_client(server.url)
         with pytest.raises(openai.NotFoundError):
             client.embeddings.create(model="e", input="hello")
         assert [m.id for m in client.models.list()] == ["tiny-llama"]

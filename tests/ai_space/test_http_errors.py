@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -55,9 +56,9 @@ def test_wrong_scheme_gets_401(tiny_server: LoopbackServer) -> None:
 
 
 def test_openai_client_with_wrong_key_raises_authentication_error(
-        tiny_server: LoopbackServer) -> None:
+        tiny_server: LoopbackServer, make_client: Callable[..., openai.OpenAI]) -> None:
     """GIVEN the openai client with a wrong key WHEN listing models THEN AuthenticationError."""
-    client = openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key="nope", max_retries=0)
+    client = make_client(tiny_server.url, api_key="nope")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
 
@@ -96,9 +97,10 @@ def test_bad_json_or_fields_get_400(tiny_server: LoopbackServer, body: Any,
     assert fragment in error["message"]
 
 
-def test_openai_client_sees_bad_request(tiny_server: LoopbackServer) -> None:
+def test_openai_client_sees_bad_request(tiny_server: LoopbackServer,
+                                        make_client: Callable[..., openai.OpenAI]) -> None:
     """GIVEN the openai client WHEN it sends an invalid temperature THEN BadRequestError."""
-    client = openai.OpenAI(base_url=f"{tiny_server.url}/v1", api_key=TOKEN, max_retries=0)
+    client = make_client(tiny_server.url)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                        temperature=3)

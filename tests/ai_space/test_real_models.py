@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import openai
@@ -14,14 +15,15 @@ from tests.ai_space.conftest import TOKEN, serve
 
 
 @pytest.mark.slow
-def test_packaged_smollm2_and_minilm_answer_sensibly() -> None:
+def test_packaged_smollm2_and_minilm_answer_sensibly(
+        make_client: Callable[..., openai.OpenAI]) -> None:
     """GIVEN the packaged defaults (pkg:smollm2 GGUF, pkg:minilm) WHEN serving THEN a sentence's
     embedding is closer to its paraphrase than to an unrelated sentence, matches the known
     sentence-transformers vector, and a greedy chat reply is non-empty English text."""
     settings = Settings(api_token=SecretStr(TOKEN), max_tokens=48)
     assert (settings.model_id, settings.embedding_model_id) == ("pkg:smollm2", "pkg:minilm")
     with serve(settings) as (server, _):
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+        client = make_client(server.url)
         vectors = np.array([d.embedding for d in client.embeddings.create(model="e", input=[
             "A man is playing a guitar on stage.",
             "Someone performs music with a guitar in front of an audience.",
