@@ -80,6 +80,14 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     log_content: bool = False
 
+    # Keep-warm window, off-hours rule and the warmup function (router/schedule.py, warmup.py).
+    warm_schedule: str = ""
+    off_hours: Literal["fallback", "wake"] = "fallback"
+    ask_url: str = ""
+    space_sleep_time_s: int | None = Field(default=None, ge=-1)
+    space_hardware: str = "t4-small"
+    warmup_timeout_ms: PositiveMs = 3_000
+
     _csv_fields = field_validator(
         "cors_origins", "api_keys", "route_task_words", "model_aliases", mode="before"
     )(_csv)

@@ -6,6 +6,7 @@ import base64
 import sys
 import time
 from array import array
+from dataclasses import replace
 from typing import Any
 
 from router.backends import BackendConfig, BackendName
@@ -15,6 +16,7 @@ from router.errors import BackendProtocolError, PayloadTooLarge
 from router.fallback import Call, FallbackEngine, Outcome
 from router.http_types import HttpRequest, HttpResponse
 from router.policy import Decision, Policy
+from router.schedule import SpaceHours
 from router.schema import (
     AiChatRequest,
     AiEmbeddingsRequest,
@@ -87,9 +89,11 @@ class Endpoints:
         self.engine = engine
         self.policy = policy
         self.has_space = "space" in engine.backends
+        # Outside WARM_SCHEDULE with OFF_HOURS=fallback, the Space is left to sleep.
+        self.space_hours = SpaceHours(settings)
 
     def _order(self, first: BackendName) -> list[BackendName]:
-        if not self.has_space:
+        if not self.has_space or not self.space_hours.space_allowed():
             return ["worker"]
         return ["space", "worker"] if first == "space" else ["worker", "space"]
 
@@ -103,7 +107,12 @@ class Endpoints:
 
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
                     check=require_choices)
-        return self.engine.run(self._order(decision.target), call, deadline), decision
+        order = self._order(decision.target)
+        outcome = self.engine.run(order, call, deadline)
+        if decision.target == "space" and order == ["worker"] and self.has_space \
+                and not outcome.fallback:
+            outcome = replace(outcome, fallback="off_hours")  # answered by the worker on purpose
+        return outcome, decision
 
     def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
