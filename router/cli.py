@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from router.config import Settings
 from router.errors import RouterError
 from router.schema import ChatRequest, validate
+from router.space_ops import add_space_commands
 
 log = logging.getLogger("router.cli")
 
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--json", action="store_true")
     policy.add_argument("--env-file", default=".env")
     policy.set_defaults(func=_cmd_policy)
+    add_space_commands(sub)
     return parser
 
 

@@ -1,0 +1,116 @@
+"""Fixtures for the warm-up suite: a Space whose edge follows the fake Hub's stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.schedule import DAYS, utc_now
+from tests.fakes.hub import STARTING, FakeHub
+from tests.fakes.openai_backend import FakeBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+WARMUP_ENTRY = ROOT / "packages" / "chat" / "warmup" / "__main__.py"
+EVENTS = Path(__file__).parent / "events"
+# A fixed instant: Monday 2025-01-06 10:00 in Berlin (09:00 UTC).
+MONDAY_10_BERLIN = datetime.fromisoformat("2025-01-06T09:00:00+00:00")
+SATURDAY_10_BERLIN = datetime.fromisoformat("2025-01-11T09:00:00+00:00")
+BERLIN_WEEKDAYS = "Mon-Fri 08:00-20:00 Europe/Berlin"
+
+
+def closed_now() -> str:
+    """A schedule that is closed whenever the test runs: one hour, three days from today."""
+    return f"{DAYS[(utc_now().weekday() + 3) % 7].title()} 00:00-01:00 UTC"
+
+
+def open_now() -> str:
+    """A schedule (not the empty one) that is open whenever the test runs."""
+    return "daily 00:00-24:00 UTC"
+
+
+def scheduled_event() -> dict[str, Any]:
+    """The body the scheduled trigger sends (project.yml's withBody)."""
+    event: dict[str, Any] = json.loads((EVENTS / "scheduled.json").read_text())
+    return event
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub must never find a real token file or cache on this machine."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+class SpaceLifecycle:
+    """The Space's edge follows the Hub: asleep -> sleeping page; starting -> 503 for
+    `start_s`, then the Hub reports RUNNING and the edge serves. `ready` is set then."""
+
+    def __init__(self, hub: FakeHub, edge: FakeBackend, start_s: float) -> None:
+        self.hub = hub
+        self.edge = edge
+        self.start_s = start_s
+        self.ready = threading.Event()
+        self.timers: list[threading.Timer] = []
+        hub.listeners.append(self.on_stage)
+        self.on_stage(hub.stage)
+
+    def on_stage(self, stage: str) -> None:
+        """Follow one Hub stage change."""
+        if stage == "RUNNING":
+            self.edge.mode = "ok"
+            self.ready.set()
+        elif stage in STARTING:
+            self.edge.mode = "status:503"
+            # The fake's own start-up time, not a test's synchronisation.
+            timer = threading.Timer(self.start_s, self.hub.advance)
+            timer.daemon = True
+            self.timers.append(timer)
+            timer.start()
+        else:
+            self.edge.mode = "sleeping"
+
+    def stop(self) -> None:
+        """Cancel pending start-ups."""
+        for timer in self.timers:
+            timer.cancel()
+
+
+@pytest.fixture
+def lifecycle(hub: FakeHub, space: FakeBackend) -> Iterator[SpaceLifecycle]:
+    """A sleeping Space that takes 0.3 s to start once restarted."""
+    life = SpaceLifecycle(hub, space, start_s=0.3)
+    yield life
+    life.stop()
+
+
+WarmupMain = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@pytest.fixture
+def make_warmup(monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[Callable[[dict[str, str]], WarmupMain]]:
+    """Load the real `packages/chat/warmup/__main__.py` afresh (a cold container) with `env`."""
+    loaded: list[Any] = []
+
+    def make(env: dict[str, str]) -> WarmupMain:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        spec = importlib.util.spec_from_file_location("chat_warmup_entry", WARMUP_ENTRY)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        loaded.append(module)
+        main: WarmupMain = module.main
+        return main
+
+    yield make
+    for module in loaded:
+        module.FUNCTION.close()
