@@ -139,7 +139,7 @@ def format_report(report: CostReport) -> str:
         f"  GPU: ${report.gpu_usd_per_month:,.2f}/month "
         f"(always on: ${report.always_on_usd_per_month:,.2f}/month)",
         f"functions: free tier {FREE_GIB_SECONDS:,.0f} GiB-s/month, "
-        f"then ${PRICE_PER_GIB_SECOND}/GiB-s",
+        f"then ${PRICE_PER_GIB_SECOND:.7f}/GiB-s",
     ]
     for use in report.functions:
         lines.append(f"  {use.name}: {use.calls_per_month:,.0f} calls/month x "
