@@ -1,7 +1,7 @@
 """The `warmup` function: ping the backends, read the Space's stage, wake it inside the window.
 
 Each scheduled run (DigitalOcean trigger, `web: false`):
-1. pings the worker's and the Space's `/health` with short timeouts;
+1. pings the worker's and (inside the window) the Space's `/health` with short timeouts;
 2. reads the Space's runtime stage from the Hub (huggingface_hub, `SPACE_ID`, `HF_TOKEN`);
 3. inside the keep-warm window (`WARM_SCHEDULE`), restarts a Space that is asleep, stopped or
    paused, through the router's own `wake_space`; outside it, leaves the Space to sleep and,
@@ -102,10 +102,14 @@ class Warmup:
         return {"status": classify(response), "http": response.status_code,
                 "latency_ms": _ms(started)}
 
-    def health(self) -> dict[str, dict[str, Any]]:
-        """Ping the worker, the Space (through its edge) and, when configured, `ask`."""
+    def health(self, window_open: bool) -> dict[str, dict[str, Any]]:
+        """Ping the worker, the Space (inside the window only) and, when configured, `ask`."""
         out: dict[str, dict[str, Any]] = {}
         for name, config in backend_configs(self.settings).items():
+            if name == "space" and not window_open:
+                # A request is activity: it would keep the Space awake (billed) off-hours.
+                out[name] = {"status": "skipped", "reason": "outside_window"}
+                continue
             out[name] = self.ping(config.base_url, config.headers)
         if "space" not in out:
             out["space"] = {"status": "not_configured"}
@@ -168,7 +172,7 @@ class Warmup:
         now = self._clock()
         window_open = self.schedule.is_open(now)
         actions: list[str] = []
-        health = self.health()
+        health = self.health(window_open)
         if "ask" in health:
             actions.append("warm_ask")
         space, wake = self.space(window_open, actions)

@@ -91,10 +91,13 @@ def test_broken_space_is_reported_not_restarted(make_run, hub: FakeHub):
     assert (report["ok"], report["wake"], hub.restarts) == (False, "broken", 0)
 
 
-def test_outside_the_window_no_wake(make_run, hub: FakeHub):
+def test_outside_the_window_no_wake(make_run, hub: FakeHub, space: FakeBackend):
     """GIVEN a sleeping Space on a Saturday WHEN the warm-up runs
-    THEN outside the window: no wake, the stage is only read."""
+    THEN outside the window: no wake, the stage is only read, and the Space's edge gets no
+    request (a ping would count as activity and keep it awake)."""
     report = make_run(at=SATURDAY_10_BERLIN).run("schedule")
+    assert report["health"]["space"] == {"status": "skipped", "reason": "outside_window"}
+    assert space.seen == []
     assert report["window"]["open"] is False
     assert report["wake"] == "outside_window"
     assert report["actions"] == []
