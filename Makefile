@@ -22,12 +22,17 @@ $(STAMP): requirements/*.txt
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy packages/chat/ask/__main__.py
+	$(BIN)/mypy packages/chat/warmup/__main__.py
 
 test: lint
 	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 run: $(STAMP)
-	$(BIN)/python -m router stack
+	$(BIN)/python -m router serve
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.router_bench
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

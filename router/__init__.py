@@ -22,7 +22,6 @@ __all__ = [
     "ConfigError",
     "Deadline",
     "DeadlineExceeded",
-    "DeadlineExceeded",
     "Decision",
     "FunctionContext",
     "HttpRequest",

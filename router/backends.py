@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,10 @@ from router.errors import (
 )
 
 BackendName = Literal["worker", "space"]
+
+# httpx writes a request's headers and body separately; without TCP_NODELAY the body can wait
+# for the server's delayed ACK.
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 # Each attempt runs on this pool so that the caller can stop waiting at the deadline even when a
 # backend drips bytes slowly enough to dodge httpx's per-read timeout. Per container, on purpose.
@@ -173,7 +178,7 @@ class Backend:
         self.client = httpx.Client(
             base_url=config.base_url,
             headers={"user-agent": "chat-router/0.1", **config.headers},
-            transport=transport or httpx.HTTPTransport(retries=0),
+            transport=transport or httpx.HTTPTransport(retries=0, socket_options=NODELAY),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8,
                                 keepalive_expiry=30.0),
             follow_redirects=False,
