@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from router.backends import shared_tls
 from router.config import Settings
 
 log = logging.getLogger("router.wake")
@@ -63,7 +64,8 @@ class HubRest:
                  transport: httpx.BaseTransport | None = None) -> None:
         self._client = httpx.Client(
             base_url=endpoint, headers={"authorization": f"Bearer {token}"},
-            timeout=timeout_s, transport=transport or httpx.HTTPTransport(retries=0),
+            timeout=timeout_s,
+            transport=transport or httpx.HTTPTransport(retries=0, verify=shared_tls()),
             trust_env=False,
         )
 
@@ -139,13 +141,17 @@ class SpaceWaker:
         self.repo_id = settings.space_id
         self.enabled = settings.can_wake
         self.gate = WakeGate(settings.wake_cooldown_s)
-        self.hub = hub or (HubRest(settings.hf_endpoint, settings.hf_token)
-                           if self.enabled else None)
+        self._endpoint = settings.hf_endpoint
+        self._token = settings.hf_token
+        # Made on the first wake, not at cold start: most containers never need it.
+        self.hub: SpaceHub | None = hub
 
     def request(self, reason: str) -> threading.Thread | None:
         """Start a wake in the background if allowed; return its thread, or None."""
-        if not self.enabled or self.hub is None or not self.gate.claim():
+        if not self.enabled or not self.gate.claim():
             return None
+        if self.hub is None:
+            self.hub = HubRest(self._endpoint, self._token)
         thread = threading.Thread(target=self._wake, args=(reason,), name="space-wake",
                                   daemon=True)
         thread.start()
