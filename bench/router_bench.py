@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -142,8 +141,8 @@ def decision_us(rounds: int = 20_000) -> dict[str, float]:
 
 
 def render(cold_entry: dict[str, float], cold_floor: dict[str, float],
-           cold_working: dict[str, float], warm_: dict[str, dict[str, float]], decide: dict[str, float], runs: int,
-           requests: int) -> str:
+           cold_working: dict[str, float], warm_: dict[str, dict[str, float]],
+           decide: dict[str, float], runs: int, requests: int) -> str:
     """The markdown table."""
     direct = warm_["direct httpx"]
     lines = [
