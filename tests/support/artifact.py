@@ -27,6 +27,7 @@ def build_ask(dest: Path) -> Path:
                     ignore=shutil.ignore_patterns("virtualenv", "router", "__pycache__"))
     shutil.copytree(ROOT / "router", dest / "router", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "requirements", dest / "requirements")
+    shutil.copytree(ROOT / "lib", dest / "lib")
     fn_dir = dest / "packages" / "chat" / "ask"
     venv_bin = Path(sys.executable).parent
     env = {**os.environ, "PYTHON": sys.executable,
