@@ -34,8 +34,11 @@ test: lint
 run: $(STAMP)
 	$(BIN)/python -m router serve
 
+# Benchmarks against the alternatives (bench/__main__.py): prints the table and writes
+# bench/results.md. LiteLLM and Portkey's gateway install themselves on first use into
+# .venv-litellm and .venv-portkey. BENCH_ARGS=--quick for a smoke run (about 2 minutes).
 bench: $(STAMP)
-	$(BIN)/python -m bench.router_bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,152 @@
+"""Cold start: each case in a fresh interpreter, cases taking turns run by run.
+
+Our cases run in a bare interpreter (-S -I) that sees only the function `build.sh` made, as
+DigitalOcean's runtime does, timed from after the virtualenv's activation. LiteLLM runs in its
+own venv (-I). Each case reports its own peak RSS (ru_maxrss).
+
+    .venv/bin/python -m bench.cold --importtime    # -X importtime of the entry, top self times
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.alternatives import ensure_litellm, litellm_cold_run
+from bench.common import median
+from tests.support.artifact import ACTIVATE, bare_python, build_ask, run_in_artifact
+
+ENTRY = """
+import time; t0 = time.perf_counter()
+import importlib.util, json
+def hwm_kib():  # peak RSS of this process alone (ru_maxrss would include the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+spec = importlib.util.spec_from_file_location("ask", fn_dir + "/__main__.py")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+r = m.main({"http": {"method": "GET", "path": "/health", "headers": {}, "body": ""}}, None)
+assert r["statusCode"] == 200
+print(json.dumps({"ms": (time.perf_counter() - t0) * 1000,
+                  "rss_kib": hwm_kib()}))
+"""
+FLOOR = """
+import time; t0 = time.perf_counter()
+import json
+def hwm_kib():  # peak RSS of this process alone (ru_maxrss would include the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+import httpx, pydantic, tenacity
+print(json.dumps({"ms": (time.perf_counter() - t0) * 1000,
+                  "rss_kib": hwm_kib()}))
+"""
+# The same imports made to work: httpx and pydantic both import lazily, so a bare import leaves
+# out httpcore and pydantic's model machinery, which any function using them pays on first use.
+WORKING_FLOOR = """
+import time; t0 = time.perf_counter()
+import json
+def hwm_kib():  # peak RSS of this process alone (ru_maxrss would include the parent's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+import httpx, pydantic, tenacity
+httpx.Client().close()
+class Probe(pydantic.BaseModel):
+    value: int = 0
+Probe(value=1)
+print(json.dumps({"ms": (time.perf_counter() - t0) * 1000,
+                  "rss_kib": hwm_kib()}))
+"""
+# A production-like configuration: worker, Space and Hub credentials all set.
+ENV = {"WORKER_URL": "https://worker.invalid/ai", "WORKER_TOKEN": "t" * 32,
+       "SPACE_URL": "https://owner-chat.hf.space", "SPACE_TOKEN": "s" * 32,
+       "SPACE_ID": "owner/chat", "HF_TOKEN": "hf_" + "x" * 34,
+       "CORS_ORIGINS": "https://app.example.com"}
+
+FLOOR_CASE = "httpx+pydantic+tenacity import (floor)"
+WORKING_CASE = "same, made to work (+ one httpx.Client, one BaseModel)"
+ENTRY_CASE = "`ask` entry import + one /health"
+LITELLM_CASE = "`import litellm` + `litellm.Router` (2 deployments)"
+
+Figures = dict[str, dict[str, float]]
+
+
+def _artifact_case(fn_dir: Path, script: str) -> Callable[[], dict[str, float]]:
+    def run() -> dict[str, float]:
+        out = run_in_artifact(fn_dir, script, ENV, cwd=fn_dir.parent)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        data: dict[str, float] = json.loads(out.stdout)
+        return data
+    return run
+
+
+def cold(runs: int, *, alternatives: bool = True) -> tuple[Figures, dict[str, str]]:
+    """Median ms and peak RSS (MiB) per case over `runs` fresh interpreters each."""
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fn_dir = build_ask(Path(tmp) / "project")
+        cases = {FLOOR_CASE: _artifact_case(fn_dir, FLOOR),
+                 WORKING_CASE: _artifact_case(fn_dir, WORKING_FLOOR),
+                 ENTRY_CASE: _artifact_case(fn_dir, ENTRY)}
+        if alternatives:
+            python = ensure_litellm()
+            if python is None:
+                skipped[LITELLM_CASE] = "litellm could not be installed"
+            else:
+                home = Path(tmp)
+                litellm_cold_run(python, home)  # writes its .pyc files; not counted
+                cases[LITELLM_CASE] = lambda: litellm_cold_run(python, home)
+        for case in cases.values():
+            case()  # one untimed run each, so every case starts from warm disk caches
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, case in cases.items():
+                samples[name].append(case())
+    return ({name: {"median_ms": median([s["ms"] for s in runs_]),
+                    "peak_rss_mib": max(s["rss_kib"] for s in runs_) / 1024}
+             for name, runs_ in samples.items()}, skipped)
+
+
+def importtime(top: int = 25) -> str:
+    """`-X importtime` of the entry + /health in the built function: the top self times."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fn_dir = build_ask(Path(tmp) / "project")
+        out = subprocess.run([bare_python(), "-X", "importtime", "-S", "-I", "-c",
+                              ACTIVATE + ENTRY, str(fn_dir)], env={"PATH": "/usr/bin:/bin", **ENV},
+                             cwd=fn_dir.parent, capture_output=True, text=True, timeout=60,
+                             check=True)
+    rows = []
+    for line in out.stderr.splitlines():
+        found = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if found:
+            rows.append((int(found[1]), int(found[2]), found[4]))
+    rows.sort(reverse=True)
+    lines = [f"{'self us':>8} {'cumul us':>9}  module", *(
+        f"{s:8d} {c:9d}  {name}" for s, c, name in rows[:top])]
+    total = sum(s for s, _, _ in rows)
+    lines.append(f"total self time of {len(rows)} imports: {total / 1000:.1f} ms")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the -X importtime profile of the built entry."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--importtime", action="store_true")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    if args.importtime:
+        print(importtime(args.top))
+    else:
+        figures, skipped = cold(5)
+        print(json.dumps({"figures": figures, "skipped": skipped}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
