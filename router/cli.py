@@ -1,4 +1,4 @@
-"""`python -m router`: serve the gateway, replay prompts through the policy."""
+"""`python -m router`: serve the gateway, replay prompts, run the local stack and its demo."""
 
 from __future__ import annotations
 
@@ -127,6 +127,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from router.stack import default_state_file, run
+
+    state_file = Path(args.state_file) if args.state_file else default_state_file()
+    return run(load_environment(args.env_file), env_file=args.env_file, state_file=state_file,
+               port=args.port)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import main as demo_main
+
+    return demo_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
@@ -148,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--env-file", default=".env")
     policy.set_defaults(func=_cmd_policy)
     add_space_commands(sub)
+
+    stack = sub.add_parser("stack", help="run the whole system on 127.0.0.1 (make run)")
+    stack.add_argument("--port", type=int, default=None,
+                       help="the gateway's port (default STACK_PORT or 8080; 0 = any free)")
+    stack.add_argument("--env-file", default=".env")
+    stack.add_argument("--state-file", default="",
+                       help="where to record the URLs and local tokens for `demo`")
+    stack.set_defaults(func=_cmd_stack)
+
+    demo = sub.add_parser("demo", help="tour a running local stack, or start one (make demo)")
+    demo.add_argument("--state-file", default="", help="the running stack's state file")
+    demo.add_argument("--env-file", default=".env", help="for a stack the demo starts itself")
+    demo.add_argument("--max-tokens", type=int, default=24)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
