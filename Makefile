@@ -32,7 +32,10 @@ test: lint
 	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 run: $(STAMP)
-	$(BIN)/python -m router serve
+	$(BIN)/python -m router stack
+
+demo: $(STAMP)
+	$(BIN)/python -m router demo
 
 # Benchmarks against the alternatives (bench/__main__.py): prints the table and writes
 # bench/results.md. LiteLLM and Portkey's gateway install themselves on first use into
