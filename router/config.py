@@ -78,7 +78,6 @@ class Settings(BaseModel):
     model_aliases: tuple[str, ...] = ()
 
     log_level: str = "INFO"
-    log_content: bool = False
 
     # Keep-warm window, off-hours rule and the warmup function (router/schedule.py, warmup.py).
     warm_schedule: str = ""
