@@ -128,11 +128,24 @@ class WebFunction:
 
     def __call__(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         """Handle one invocation; always returns a response dict."""
+        router = None
         try:
             router = self.router()
             request = read_event(event, router.settings.max_body_bytes)
         except RouterError as exc:
             logging.getLogger("router.request").warning(
                 "request refused at the edge", extra={"fields": {"code": exc.code}})
-            return to_do_response(error_response(exc))
+            response = error_response(exc)
+            if router is not None:
+                # A browser must be able to read why it was refused.
+                response.headers.update(router.cors.headers_for(_origin(event)))
+            return to_do_response(response)
         return to_do_response(router.handle(request, remaining_ms(context)))
+
+
+def _origin(event: Mapping[str, Any]) -> str:
+    http = event.get("http")
+    headers = http.get("headers") if isinstance(http, Mapping) else None
+    if not isinstance(headers, Mapping):
+        return ""
+    return next((str(v) for k, v in headers.items() if str(k).lower() == "origin"), "")

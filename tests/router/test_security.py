@@ -49,6 +49,16 @@ def test_cors_on_answers(main, worker: FakeBackend):
     assert worker.generation_requests() == calls
 
 
+def test_edge_refusals_carry_cors_headers(main):
+    """GIVEN a browser body that cannot be decoded WHEN refused at the edge THEN the 400 still
+    carries the CORS grant, so the page can read the error."""
+    event = load_event("chat_completions", body="!!!", isBase64Encoded=True,
+                       headers={"origin": ORIGIN})
+    result = main(event, ctx())
+    assert result["statusCode"] == 400
+    assert result["headers"]["access-control-allow-origin"] == ORIGIN
+
+
 def test_api_keys_for_server_callers(make_main, env, worker: FakeBackend):
     """GIVEN API_KEYS WHEN a server calls with no, a wrong, an almost-right or a right key
     THEN 401, 401, 401, 200; /health needs none; an allowlisted browser origin needs none."""
