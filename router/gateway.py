@@ -77,6 +77,14 @@ def build_event(method: str, rest: str, headers: dict[str, str], body: bytes,
     }}
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of more simultaneous connections
+    # overflows the accept queue and the kernel resets them (a ReadError for the caller)
+    # before a handler thread is ever started. The kernel still caps this at somaxconn.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class Gateway:
     """A threaded HTTP server in front of one function entry."""
 
@@ -88,8 +96,7 @@ class Gateway:
         self.host = host
         self.prefix = f"/api/v1/web/{namespace}/chat/ask"
         self._path_re = re.compile(rf"^{re.escape(self.prefix)}(?P<rest>/.*)?$")
-        self.server = ThreadingHTTPServer((host, port), self._handler_class())
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), self._handler_class())
         self._thread: threading.Thread | None = None
 
     @property
