@@ -115,11 +115,20 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise BadRequest("the request body is empty; send a JSON object", code="invalid_json")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError, not only JSONDecodeError: an integer literal longer than Python's
+        # int-string limit (4300 digits) raises a plain ValueError from inside the decoder.
         raise BadRequest(f"the request body is not valid JSON: {type(exc).__name__}",
                          code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_json")
+    try:
+        # JSON may escape a lone surrogate ("\ud800"): valid JSON, but not text. It would only
+        # fail later, when the backend request is encoded as UTF-8, outside any error mapping.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the request body holds an unpaired surrogate (not valid Unicode)",
+                         code="invalid_json") from None
     return data
 
 

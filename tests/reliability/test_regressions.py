@@ -7,16 +7,27 @@ ai_space/; the README's reliability section lists them.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from router.do_event import FunctionContext
 from router.gateway import Gateway
+from tests.conftest import load_event, with_body
+from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import Ledger
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+def ask(main: Main, event: dict[str, Any], ledger: Ledger) -> dict[str, Any]:
+    answer = main(event, FunctionContext.with_timeout(28_000))
+    ledger.answer(answer["statusCode"], answer["headers"], answer["body"])
+    return answer
 
 
 def test_gateway_takes_a_burst_of_connections(main: Main, ledger: Ledger) -> None:
@@ -43,3 +54,36 @@ def test_gateway_takes_a_burst_of_connections(main: Main, ledger: Ledger) -> Non
         assert asyncio.run(burst(150)) == {200: 150}
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("body", [
+    '{"messages": ' + "1" * 4400 + "}",
+    '{"messages": [{"role": "user", "content": "hi"}], "seed": -' + "9" * 5000 + "}",
+])
+def test_a_huge_integer_literal_is_a_400(main: Main, ledger: Ledger, body: str) -> None:
+    """GIVEN an integer literal over Python's 4300-digit limit WHEN posted THEN 400 invalid_json.
+
+    json.loads raises a plain ValueError for it, which parse_json did not catch: `main` raised
+    and the platform would have answered its own 502."""
+    answer = ask(main, load_event("chat_completions", body=body), ledger)
+    assert answer["statusCode"] == 400
+    assert json.loads(answer["body"])["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(("event", "body"), [
+    ("chat_completions", {"messages": [{"role": "user", "content": "\ud800"}]}),
+    ("chat_completions", {"messages": [{"role": "user", "content": "hi"}], "stop": ["\udfff"]}),
+    ("embeddings", {"input": ["ok", "\ud800"]}),
+    ("ai_generate", {"prompt": "hi", "system_prompt": "\udc00"}),
+])
+def test_a_lone_surrogate_is_a_400(main: Main, worker: FakeBackend, ledger: Ledger,
+                                   event: str, body: dict[str, Any]) -> None:
+    """GIVEN text with an unpaired surrogate escape (valid JSON, not valid Unicode) WHEN posted
+    THEN 400 invalid_json, and no backend is called.
+
+    It passed validation and crashed `main` with UnicodeEncodeError when httpx encoded the
+    backend request as UTF-8, outside the httpx error table."""
+    answer = ask(main, with_body(event, body), ledger)
+    assert answer["statusCode"] == 400
+    assert json.loads(answer["body"])["error"]["code"] == "invalid_json"
+    assert worker.seen == []
