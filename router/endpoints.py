@@ -46,12 +46,16 @@ def require_choices(payload: dict[str, Any], backend: BackendName) -> None:
         raise BackendProtocolError(f"{backend}: answer has no message", backend=backend)
 
 
-def require_embeddings(payload: dict[str, Any], backend: BackendName) -> None:
-    """An embeddings answer must carry a list of vectors."""
+def require_embeddings(payload: dict[str, Any], backend: BackendName, count: int) -> None:
+    """An embeddings answer must carry one vector for each of the `count` inputs."""
     data = payload.get("data")
     if not isinstance(data, list) or not all(
             isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data):
         raise BackendProtocolError(f"{backend}: answer has no embeddings", backend=backend)
+    # Fewer vectors than inputs would lose inputs silently (or crash /ai/embeddings on []).
+    if len(data) != count:
+        raise BackendProtocolError(f"{backend}: {len(data)} embeddings for {count} inputs",
+                                   backend=backend)
 
 
 def outcome_headers(outcome: Outcome, decision: Decision | None) -> dict[str, str]:
@@ -130,8 +134,10 @@ class Endpoints:
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return {"model": config.model, "input": inputs}
 
-        call = Call("POST", "/v1/embeddings", body_for, idempotent=True,
-                    check=require_embeddings)
+        def check(payload: dict[str, Any], backend: BackendName) -> None:
+            require_embeddings(payload, backend, len(inputs))
+
+        call = Call("POST", "/v1/embeddings", body_for, idempotent=True, check=check)
         # Only the worker serves embeddings: the Space runs the LLM alone.
         return self.engine.run(["worker"], call, deadline)
 

@@ -2,6 +2,11 @@
 
 It answers like our model server when healthy, and like the failures DESIGN §2 records when
 told to: the HF sleeping page (200 + HTML), 502/503/504, hangs, resets, bad JSON, and so on.
+
+Modes: ok, sleeping, status:N (with `retry_after`), hang, slow (`delay_s` before the first
+byte), bad_json, no_choices, wrong_ctype, reset, sse_truncated (200 text/event-stream cut off
+before `[DONE]`), empty_data (an embeddings answer with no vectors), huge (a well-formed
+completion of `huge_bytes`), flap (cycles awake/asleep/starting every `flap_period_s`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class FakeBackend:
     mode: str = "ok"
     retry_after: str | None = None
     delay_s: float = 0.0
+    huge_bytes: int = 1_100_000
+    flap_period_s: float = 0.05
     seen: list[Seen] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -91,9 +98,15 @@ class FakeBackend:
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": body})
 
+    def _flap_mode(self) -> str:
+        # A Space that goes to sleep and wakes again on its own clock: awake, sleeping page,
+        # then 503 while starting, each for `flap_period_s`.
+        phase = int(time.monotonic() / self.flap_period_s) % 3
+        return ("ok", "sleeping", "status:503")[phase]
+
     async def _answer(self, path: str, headers: dict[str, str], body: dict[str, Any] | None,
                       send: Any) -> None:
-        mode = self.mode
+        mode = self._flap_mode() if self.mode == "flap" else self.mode
         extra = {"retry-after": self.retry_after} if self.retry_after else {}
         if path == "/health" and mode == "ok":
             await self._send(send, 200, b'{"status":"ready"}')
@@ -129,6 +142,26 @@ class FakeBackend:
                                     (b"content-length", b"1000")]})
             await send({"type": "http.response.body", "body": b'{"choices"', "more_body": True})
             raise ConnectionResetError("fake reset mid-body")
+        if mode == "sse_truncated":
+            # A backend that ignores `stream: false` and whose stream ends before `[DONE]`.
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            chunk = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1,
+                     "model": self.name, "choices": [{"index": 0, "delta": {"content": "par"},
+                                                      "finish_reason": None}]}
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": f"data: {json.dumps(chunk)}\n\n".encode()})
+            await send({"type": "http.response.body", "body": b'data: {"id": "chatc'})
+            return
+        if mode == "empty_data":
+            await self._send(send, 200, b'{"object": "list", "data": [], "model": "x"}')
+            return
+        if mode == "huge":
+            answer = self._ok(path, body or {})
+            if "choices" in answer:
+                answer["choices"][0]["message"]["content"] = "x" * self.huge_bytes
+            await self._send(send, 200, json.dumps(answer).encode())
+            return
         await self._send(send, 200, json.dumps(self._ok(path, body or {})).encode())
 
     def _ok(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

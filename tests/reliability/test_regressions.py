@@ -87,3 +87,18 @@ def test_a_lone_surrogate_is_a_400(main: Main, worker: FakeBackend, ledger: Ledg
     assert answer["statusCode"] == 400
     assert json.loads(answer["body"])["error"]["code"] == "invalid_json"
     assert worker.seen == []
+
+
+@pytest.mark.parametrize("event", ["embeddings", "ai_embeddings"])
+def test_embeddings_with_missing_vectors_are_not_an_answer(main: Main, worker: FakeBackend,
+                                                           ledger: Ledger, event: str) -> None:
+    """GIVEN a worker answering embeddings with fewer vectors than inputs WHEN asked
+    THEN the documented 503 (reason `error`), not a short answer and not a crash.
+
+    /v1/embeddings answered 200 with the inputs silently lost; /ai/embeddings raised
+    IndexError out of `main`."""
+    worker.mode = "empty_data"
+    answer = ask(main, load_event(event), ledger)
+    assert answer["statusCode"] == 503
+    assert answer["headers"]["x-chat-fallback"] == "error"
+    assert json.loads(answer["body"])["error"]["code"] == "no_backend"
