@@ -127,6 +127,9 @@ class Endpoints:
             return _json(200, outcome.payload, headers)
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         body = completion_to_sse(outcome.payload, include_usage=include_usage)
+        if len(body) > MAX_RESPONSE_BYTES:  # the same 1 MB cap as every JSON answer
+            raise PayloadTooLarge("the answer would exceed the platform's 1 MB limit",
+                                  code="response_too_large")
         return HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
                                         "cache-control": "no-cache"})
 
