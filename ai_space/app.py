@@ -31,8 +31,10 @@ def create_app(settings: Settings, hooks: Hooks | None = None) -> FastAPI:
         await run_in_threadpool(host.close)
 
     # No /docs or /openapi.json: they would need the token anyway, and the API is OpenAI's.
+    # No slash redirects: Starlette answers `/v1/models/` with a 307 whose Location is the
+    # server's own absolute URL (the internal address behind a proxy), and an empty body.
     app = FastAPI(title="ai_space", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, redirect_slashes=False)
     app.state.settings = settings
     app.state.host = host
     install_handlers(app)

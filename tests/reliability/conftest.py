@@ -158,3 +158,54 @@ def served(app: Any) -> Iterator[str]:
         if hasattr(app, "release"):
             app.release()
         server.stop()
+
+
+# The model servers (torch): built lazily, so the router-only tests never import it.
+WORKER_API_TOKEN = "tok-rel-worker-5d1e9b7c3a"
+SPACE_API_TOKEN = "tok-rel-space-8c2f4a6e0b"
+
+
+@contextmanager
+def model_server(tmp: Path, token: str, *, embeddings: bool) -> Iterator[str]:
+    """A real ai_space server on tiny models (no downloads), ready, on loopback."""
+    from pydantic import SecretStr
+
+    from ai_space import Settings, create_app
+    from tests.ai_space.tiny_models import build_chat_model, build_embedding_model
+
+    chat = tmp / "chat"
+    if not chat.exists():
+        build_chat_model(chat)
+    embed = tmp / "embed"
+    if embeddings and not embed.exists():
+        build_embedding_model(embed)
+    settings = Settings(api_token=SecretStr(token), model_id=str(chat),
+                        embedding_model_id=str(embed) if embeddings else None,
+                        served_model_name="tiny", max_concurrency=4, max_queue=8,
+                        max_tokens=4, max_input_tokens=512, max_body_bytes=64_000)
+    app = create_app(settings)
+    _LEDGER.secret(token)
+    with LoopbackServer(app) as server:
+        assert app.state.host.wait_loaded(120), "models did not load"
+        _LEDGER.secret(server.url)
+        yield server.url
+
+
+@pytest.fixture(scope="package")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tiny models are saved, once per run."""
+    return tmp_path_factory.mktemp("reliability-models")
+
+
+@pytest.fixture(scope="package")
+def worker_server(tiny_dir: Path) -> Iterator[str]:
+    """ai_space as the worker: chat and embeddings, its own token."""
+    with model_server(tiny_dir, WORKER_API_TOKEN, embeddings=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="package")
+def space_server(tiny_dir: Path) -> Iterator[str]:
+    """ai_space as the Space: chat only, another token."""
+    with model_server(tiny_dir, SPACE_API_TOKEN, embeddings=False) as url:
+        yield url

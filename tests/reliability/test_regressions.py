@@ -19,7 +19,7 @@ from router.do_event import FunctionContext
 from router.gateway import Gateway
 from tests.conftest import load_event, with_body
 from tests.fakes.openai_backend import FakeBackend
-from tests.reliability.conftest import Ledger
+from tests.reliability.conftest import WORKER_API_TOKEN, Ledger
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -117,3 +117,20 @@ def test_an_answer_over_1_mb_is_a_413_streamed_or_not(main: Main, worker: FakeBa
     assert answer["statusCode"] == 413
     assert json.loads(answer["body"])["error"]["code"] == "response_too_large"
     assert len(answer["body"]) < 1_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/v1/models/", "/v1/chat/completions/", "/health/"])
+def test_model_server_does_not_redirect_slashes(worker_server: str, ledger: Ledger,
+                                                path: str) -> None:
+    """GIVEN ai_space WHEN a path has a trailing slash THEN a JSON 404, not a redirect.
+
+    Starlette answered 307 with an empty body and `Location: http://<host:port>/v1/models`:
+    an undocumented status, and the server's own (internal) URL in the answer."""
+    response = httpx.request("POST" if "chat" in path else "GET", worker_server + path,
+                             headers={"authorization": f"Bearer {WORKER_API_TOKEN}"},
+                             json={"messages": [{"role": "user", "content": "hi"}]})
+    ledger.answer(response.status_code, response.headers, response.content)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json()["error"]["code"] == "not_found"
