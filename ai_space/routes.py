@@ -96,6 +96,14 @@ async def chat_completions(body: schema.ChatCompletionRequest, request: Request)
     return JSONResponse(await collect(stream, request))
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _encode(vector: np.ndarray[Any, Any], fmt: str) -> list[float] | str:
     if fmt == "base64":
         # The openai client asks for base64 by default: little-endian float32 bytes.
@@ -117,6 +125,9 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     texts = body.texts()
     if not texts or any(not t for t in texts):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings")
+    if not all(_is_text(t) for t in texts):
+        # JSON can escape a lone surrogate ("\ud800"); the tokenizer raises TypeError on it.
+        raise BadRequest("input holds an unpaired surrogate (not valid Unicode)")
     if len(texts) > settings.max_embedding_inputs:
         raise BadRequest(f"at most {settings.max_embedding_inputs} inputs per request")
     started = time.perf_counter()

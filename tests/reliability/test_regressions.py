@@ -134,3 +134,19 @@ def test_model_server_does_not_redirect_slashes(worker_server: str, ledger: Ledg
     assert response.status_code == 404
     assert "location" not in response.headers
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", ["\ud800", ["fine", "\udfff"]])
+def test_model_server_embeddings_refuse_lone_surrogates(worker_server: str, ledger: Ledger,
+                                                        text: Any) -> None:
+    """GIVEN an embeddings input with an unpaired surrogate escape WHEN posted THEN 400.
+
+    The tokenizer raised TypeError on it, which became a 500 internal_error."""
+    response = httpx.post(worker_server + "/v1/embeddings",
+                          headers={"authorization": f"Bearer {WORKER_API_TOKEN}",
+                                   "content-type": "application/json"},
+                          content=json.dumps({"input": text}).encode())
+    ledger.answer(response.status_code, response.headers, response.content)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
