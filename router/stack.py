@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -187,7 +187,7 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
 
     config = stack_config(env)
     if port is not None:
-        config = StackConfig(**{**_fields(config), "port": port})
+        config = replace(config, port=port)
     for model_id in ("pkg:smollm2", "pkg:minilm"):
         check_model(model_id, "the worker")
     check_model(config.space_model_id, "STACK_SPACE_MODEL_ID")
@@ -246,10 +246,6 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
         "space_model": config.space_model_id, "api_keys": bool(env.get("API_KEYS")),
     }
     return Plan(config, ports, tokens, children, info)
-
-
-def _fields(config: StackConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in StackConfig.__slots__}
 
 
 def _health_state(child: Child, client: Any) -> str:
