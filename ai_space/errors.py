@@ -127,7 +127,10 @@ def install_handlers(app: FastAPI) -> None:
         if exc.status_code < 500:
             err = BadRequest(str(exc.detail), code="http_error")
         err.status = exc.status_code
-        return error_response(err)
+        response = error_response(err)
+        # Keep Starlette's own headers: a 405 must say which methods are allowed (`Allow`).
+        response.headers.update(exc.headers or {})
+        return response
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

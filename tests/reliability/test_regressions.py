@@ -150,3 +150,16 @@ def test_model_server_embeddings_refuse_lone_surrogates(worker_server: str, ledg
     ledger.answer(response.status_code, response.headers, response.content)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.slow
+def test_model_server_405_says_what_is_allowed(worker_server: str, ledger: Ledger) -> None:
+    """GIVEN ai_space WHEN a route is called with a method it does not serve
+    THEN 405 with the JSON error and the `Allow` header RFC 9110 requires.
+
+    The JSON error handler rebuilt Starlette's 405 without its headers (schemathesis ST204)."""
+    response = httpx.request("TRACE", worker_server + "/health")
+    ledger.answer(response.status_code, response.headers, response.content)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert response.json()["error"]["status"] == 405
