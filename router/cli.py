@@ -128,7 +128,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
-    from router.stack import default_state_file, run
+    from router.stack import run
+    from router.stack_plan import default_state_file
 
     state_file = Path(args.state_file) if args.state_file else default_state_file()
     return run(load_environment(args.env_file), env_file=args.env_file, state_file=state_file,

@@ -248,7 +248,7 @@ class OwnStack:
 
 def main(args: argparse.Namespace) -> int:
     """Run the tour against a running stack, or a stack of its own; the exit code."""
-    from router.stack import default_state_file
+    from router.stack_plan import default_state_file
 
     state_file = Path(args.state_file) if args.state_file else default_state_file()
     info = read_state(state_file)

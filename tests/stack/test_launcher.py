@@ -24,16 +24,15 @@ import httpx
 import pytest
 
 from router.cli import main
-from router.stack import (
+from router.stack import banner, launch
+from router.stack_plan import (
     HOST,
     ROOT,
     SPACE_ID,
     Child,
     Plan,
     StackConfig,
-    banner,
     claim_ports,
-    launch,
     plan_stack,
 )
 from tests.conftest import HF_TOKEN, SPACE_TOKEN, WORKER_TOKEN

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from router.cli import main
-from router.stack import ROOT
+from router.stack_plan import ROOT
 
 pytestmark = pytest.mark.slow
 
