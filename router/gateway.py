@@ -119,6 +119,10 @@ class Gateway:
         if len(body) > PLATFORM_BODY_LIMIT:
             return _json(413, {"error": {"type": "invalid_request_error", "code":
                                          "payload_too_large", "message": "request over 1 MB"}})
+        if headers.get("origin") == f"http://{headers.get('host', '')}":
+            # The chat page this gateway serves calls from its own origin: a same-origin
+            # request, which CORS does not govern (browsers send Origin on POST anyway).
+            headers = {k: v for k, v in headers.items() if k != "origin"}
         event = build_event(method, match.group("rest") or "/", headers, body, parts.query)
         context = FunctionContext.with_timeout(self.timeout_ms, namespace=self.namespace,
                                                function_name=f"/{self.namespace}/chat/ask")

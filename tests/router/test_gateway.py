@@ -81,6 +81,20 @@ def test_gateway_limits_and_unknown_paths(gateway: Gateway):
         assert lost.status_code == 404
 
 
+def test_same_origin_page_is_not_refused_by_cors(gateway: Gateway, worker: FakeBackend):
+    """GIVEN the chat page served by the gateway itself WHEN it POSTs with its own Origin
+    THEN CORS does not apply (same origin); a foreign Origin is still refused."""
+    own = f"http://127.0.0.1:{gateway.port}"
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=10) as http:
+        ok = http.post(f"{gateway.function_url}/v1/chat/completions", json=body,
+                       headers={"origin": own})
+        assert ok.status_code == 200 and ok.headers["x-chat-backend"] == "worker"
+        evil = http.post(f"{gateway.function_url}/v1/chat/completions", json=body,
+                         headers={"origin": "http://127.0.0.1:1"})
+        assert evil.status_code == 403
+
+
 def test_gateway_timeout_comes_from_project_yml():
     """GIVEN project.yml WHEN the gateway reads the limits THEN it matches the ask function's."""
     data = yaml.safe_load((ROOT / "project.yml").read_text())
