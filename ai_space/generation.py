@@ -48,6 +48,10 @@ def pick_next(logits: torch.Tensor, params: SamplingParams,
     if params.temperature <= 0.0:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        # A temperature so small (5e-324 is valid input) that logits / temperature overflows
+        # to inf makes softmax NaN, and multinomial raise; in the limit it is greedy.
+        return int(torch.argmax(logits).item())
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set whose mass reaches top_p; the top token always stays.

@@ -163,3 +163,21 @@ def test_model_server_405_says_what_is_allowed(worker_server: str, ledger: Ledge
     assert response.status_code == 405
     assert response.headers["allow"] == "GET"
     assert response.json()["error"]["status"] == 405
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", [{"temperature": 5e-324}, {"temperature": 1e-40},
+                                      {"temperature": 1e-40, "top_p": 5e-324}])
+def test_model_server_survives_a_vanishing_temperature(worker_server: str, ledger: Ledger,
+                                                       sampling: dict[str, float]) -> None:
+    """GIVEN a valid but tiny temperature WHEN chatting THEN 200 (greedy), not a 500.
+
+    logits / 5e-324 overflowed to inf, softmax gave NaN and torch.multinomial raised
+    (schemathesis ST101)."""
+    response = httpx.post(worker_server + "/v1/chat/completions",
+                          headers={"authorization": f"Bearer {WORKER_API_TOKEN}"},
+                          json={"messages": [{"role": "user", "content": "hi"}],
+                                "max_tokens": 2, **sampling}, timeout=30)
+    ledger.answer(response.status_code, response.headers, response.content)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] == "length"
