@@ -81,6 +81,24 @@ class NotReady(APIError):
     retry_after = 10
 
 
+_ENVELOPE = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["type", "message", "code"],
+    "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                   "code": {"type": "string"}, "param": {}, "status": {"type": "integer"}}}}}
+
+# What the OpenAPI document says every route may answer besides its 200 (FastAPI alone would
+# document a 422 that is never sent, and none of these).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/json": {"schema": _ENVELOPE}}}
+    for status, description in [
+        (400, "invalid request"), (401, "missing or invalid bearer token"),
+        (404, "no such route or model"), (405, "method not allowed"),
+        (413, "request body too large"), (429, "queue full (Retry-After)"),
+        (503, "model loading or failed (Retry-After)"),
+    ]
+}
+
+
 def error_body(status: int, type_: str, message: str, code: str) -> dict[str, Any]:
     """The OpenAI error envelope."""
     return {"error": {"type": type_, "message": message, "code": code, "param": None,

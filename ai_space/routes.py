@@ -15,13 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from ai_space import schema
 from ai_space.batching import Batcher
 from ai_space.config import Settings
-from ai_space.errors import BadRequest, NotFound, NotReady
+from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
 from ai_space.models.loading import ChatModel
 from ai_space.sse import ChatStream, collect
 
 log = logging.getLogger("ai_space")
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 _STARTED = int(time.time())
 
 
@@ -44,7 +44,8 @@ def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
     return host.chat, host.batcher
 
 
-@router.get("/health")
+@router.get("/health", responses={503: {"description": "not ready: the health body, with "
+                                                    "Retry-After while loading"}})
 async def health(request: Request) -> JSONResponse:
     """Cheap readiness: 200 when ready, 503 (Retry-After while loading) otherwise."""
     host, settings = _host(request), _settings(request)
@@ -78,7 +79,9 @@ def _prompt(chat: ChatModel, body: schema.ChatCompletionRequest) -> list[int]:
                          code="invalid_messages") from None
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={200: {
+    "description": "the completion (JSON), or with `stream: true` its chunks (SSE)",
+    "content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: schema.ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions, streamed as SSE or answered whole."""
     settings = _settings(request)
