@@ -31,7 +31,7 @@ RESULTS = os.environ.get("RELIABILITY_RESULTS", "")
 # Sizes: full (make reliability) / light (make test).
 FUZZ_CASES = 2000 if FULL else 150
 AI_FUZZ_CASES = 2000 if FULL else 120
-SCHEMA_CASES = 300 if FULL else 25
+SCHEMA_CASES = 200 if FULL else 25
 LOAD_REQUESTS = 200 if FULL else 60
 
 
@@ -169,9 +169,12 @@ SPACE_API_TOKEN = "tok-rel-space-8c2f4a6e0b"
 def model_server(tmp: Path, token: str, *, embeddings: bool) -> Iterator[str]:
     """A real ai_space server on tiny models (no downloads), ready, on loopback."""
     from pydantic import SecretStr
+    from transformers.utils import logging as hf_logging
 
     from ai_space import Settings, create_app
     from tests.ai_space.tiny_models import build_chat_model, build_embedding_model
+
+    hf_logging.disable_progress_bar()
 
     chat = tmp / "chat"
     if not chat.exists():
