@@ -43,5 +43,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The reliability suite at full size (2,000-case fuzzes, 200 concurrent clients); rewrites the
+# README's reliability section and bench/reliability.md from what it measured.
+reliability: $(STAMP)
+	$(BIN)/python -m bench.reliability
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -48,9 +48,19 @@ def open_sockets() -> int:
     return count
 
 
+POOL_PREFIX = "backend"  # router/backends.py's attempt pool: per process, bounded, kept warm
+POOL_MAX = 16
+
+
 def threads() -> int:
-    """Python threads alive in this process."""
-    return threading.active_count()
+    """Python threads alive in this process, but for the router's bounded attempt pool (its
+    threads live as long as the process, by design, and only grow up to POOL_MAX)."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith(POOL_PREFIX))
+
+
+def pool_threads() -> int:
+    """Threads of the router's attempt pool."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith(POOL_PREFIX))
 
 
 def settle(before: tuple[int, int], limit_s: float) -> tuple[int, int]:
@@ -125,6 +135,7 @@ def test_load_with_a_flapping_space(gateway: Gateway, worker: FakeBackend, space
         "space_requests": len(space.seen) - space_seen,
         "sockets_before": before[0], "sockets_after": after[0],
         "threads_before": before[1], "threads_after": after[1],
+        "pool_threads": pool_threads(),
     })
 
     assert all(s < 500 or s in (503, 504) for s in statuses), statuses
@@ -132,3 +143,4 @@ def test_load_with_a_flapping_space(gateway: Gateway, worker: FakeBackend, space
     assert p99 <= DEADLINE_MS, latencies[-5:]
     assert after[0] <= before[0], f"sockets {before[0]} -> {after[0]}"
     assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
+    assert pool_threads() <= POOL_MAX
