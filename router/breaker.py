@@ -26,6 +26,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._count = 0
         self._opened_at: float | None = None
+        self._open_for = cooldown_s
         self._probing = False
 
     @property
@@ -37,7 +38,7 @@ class CircuitBreaker:
     def _state(self) -> State:
         if self._opened_at is None:
             return "closed"
-        if self._clock() - self._opened_at >= self.cooldown_s:
+        if self._clock() - self._opened_at >= self._open_for:
             return "half_open"
         return "open"
 
@@ -59,12 +60,14 @@ class CircuitBreaker:
             self._opened_at = None
             self._probing = False
 
-    def record_failure(self) -> None:
-        """Count a failure; open (or re-open) the circuit at the threshold or a failed probe."""
+    def record_failure(self, cooldown_s: float | None = None) -> None:
+        """Count a failure; open (or re-open) the circuit at the threshold or a failed probe,
+        for `cooldown_s` (default: the breaker's own cool-down)."""
         with self._lock:
             self._count += 1
             if self._probing or self._count >= self.failures:
                 self._opened_at = self._clock()
+                self._open_for = self.cooldown_s if cooldown_s is None else cooldown_s
             self._probing = False
 
     def retry_after_s(self) -> float:
@@ -72,4 +75,4 @@ class CircuitBreaker:
         with self._lock:
             if self._opened_at is None:
                 return 0.0
-            return max(0.0, self.cooldown_s - (self._clock() - self._opened_at))
+            return max(0.0, self._open_for - (self._clock() - self._opened_at))

@@ -55,6 +55,7 @@ class Settings(BaseModel):
     retry_attempts: int = Field(default=3, ge=1, le=10)
     breaker_failures: int = Field(default=3, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    space_probe_s: float = Field(default=5.0, gt=0)
     wake_cooldown_s: float = Field(default=120.0, ge=0)
 
     # Who may call.

@@ -18,6 +18,8 @@ from router.errors import (
     CircuitOpen,
     DeadlineExceeded,
     NoBackend,
+    SpaceSleeping,
+    SpaceStarting,
 )
 from router.retry import call_with_retries
 from router.wake import SpaceWaker
@@ -86,7 +88,11 @@ class FallbackEngine:
                     if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
                         breaker.record_success()
                         raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
-                    breaker.record_failure()
+                    # A Space that says it is asleep or starting answers such probes in
+                    # milliseconds, and comes back soon after a wake: probe it sooner.
+                    not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
+                    breaker.record_failure(
+                        self.settings.space_probe_s if not_ready else None)
                     reasons.append(exc.reason)
                     if exc.retry_after_s is not None:
                         retry_after = max(retry_after, exc.retry_after_s)

@@ -133,6 +133,29 @@ def test_breaker_skips_a_failing_space(make_main, fast_env, worker: FakeBackend,
     assert space.generation_requests() == 3
 
 
+def test_a_woken_space_is_probed_soon(make_main, fast_env, worker: FakeBackend,
+                                      space: FakeBackend):
+    """GIVEN a sleeping Space that opened its circuit WHEN it wakes THEN the circuit's probe
+    comes after SPACE_PROBE_S, not BREAKER_COOLDOWN_S, and the Space answers again."""
+    space.mode = "sleeping"
+    main = make_main({**fast_env, "BREAKER_FAILURES": "2", "BREAKER_COOLDOWN_S": "600",
+                      "SPACE_PROBE_S": "0.2"})
+    ctx = FunctionContext.with_timeout
+    reasons = [main(load_event("chat_completions_llm"), ctx(28_000))["headers"]
+               ["x-chat-fallback"] for _ in range(3)]
+    assert reasons == ["space_sleeping", "space_sleeping", "circuit_open"]
+    space.mode = "ok"
+    engine = main.__globals__["FUNCTION"].router().engine
+    assert engine.breakers["space"].retry_after_s() <= 0.2
+    # Wait on the breaker's own clock, with a deadline, for the probe slot to open.
+    deadline = time.monotonic() + 5
+    while engine.breakers["space"].state == "open" and time.monotonic() < deadline:
+        space.released.wait(0.01)
+    result = main(load_event("chat_completions_llm"), ctx(28_000))
+    assert result["headers"]["x-chat-backend"] == "space"
+    assert "x-chat-fallback" not in result["headers"]
+
+
 def test_worker_failure_falls_back_to_space(make_main, fast_env, worker: FakeBackend,
                                             space: FakeBackend):
     """GIVEN a dead worker WHEN a small request arrives THEN the Space answers it."""
