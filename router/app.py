@@ -15,7 +15,14 @@ from router.config import Settings
 from router.cors import Cors
 from router.deadline import Deadline
 from router.endpoints import Endpoints
-from router.errors import BadRequest, MethodNotAllowed, NotFound, RouterError, Unauthorized
+from router.errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    RouterError,
+    Unauthorized,
+)
 from router.fallback import FallbackEngine
 from router.http_types import HttpRequest, HttpResponse
 from router.policy import Policy
@@ -69,6 +76,13 @@ class ChatRouter:
             response = self._dispatch(request, deadline)
         except RouterError as exc:
             response = error_response(exc)
+        except Exception as exc:
+            # The last line of defence: a bug must still give the caller our JSON, not the
+            # platform's bare 502. Only the type is logged: messages may carry URLs.
+            log.error("unhandled error", extra={"fields": {"request_id": request_id,
+                                                           "exc_type": type(exc).__name__}})
+            response = error_response(InternalError("the router failed; see its logs",
+                                                    code="internal_error"))
         response.headers["x-request-id"] = request_id
         response.headers.update(self.cors.headers_for(origin))
         self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)

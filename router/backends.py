@@ -30,6 +30,9 @@ from router.errors import (
 
 BackendName = Literal["worker", "space"]
 
+# The platform cuts answers at 1 MB; a backend answer past twice that is refused while reading.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
+
 # httpx writes a request's headers and body separately; without TCP_NODELAY the body can wait
 # for the server's delayed ACK.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
@@ -212,10 +215,20 @@ class Backend:
               json_body: dict[str, Any] | None) -> dict[str, Any]:
         timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
         try:
-            response = self.client.request(method, path, json=json_body, timeout=timeout)
+            with self.client.stream(method, path, json=json_body, timeout=timeout) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        # A 128 MB function must not hold whatever a broken backend sends.
+                        raise BackendProtocolError(f"{self.name}: answer over {MAX_ANSWER_BYTES} "
+                                                   "bytes", backend=self.name)
         except httpx.HTTPError as exc:
             raise translate_httpx_error(exc, self.name) from None
-        return classify_response(response, self.name)
+        # The body is already decoded: drop content-encoding so it is not decoded twice.
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
+        return classify_response(httpx.Response(response.status_code, headers=headers,
+                                                content=bytes(body)), self.name)
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -62,6 +62,10 @@ class DeadlineExceeded(RouterError):
 
     code = "deadline_exceeded"
 
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
 
 class NoBackend(RouterError):
     """Every backend failed, or is skipped, and time remains: the caller may retry later."""
@@ -72,6 +76,12 @@ class NoBackend(RouterError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.reasons = reasons
+
+
+class InternalError(RouterError):
+    """A bug in the router itself, caught at the edge."""
+
+    code = "internal_error"
 
 
 class BackendError(RouterError):

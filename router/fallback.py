@@ -102,7 +102,8 @@ class FallbackEngine:
                 breaker.record_success()
                 return Outcome(payload, name, reasons[0] if reasons else None, attempts)
             if deadline.expired():
-                raise DeadlineExceeded("no backend answered before the deadline")
+                raise DeadlineExceeded("no backend answered before the deadline",
+                                       reasons=tuple(reasons))
             raise NoBackend("no backend is available right now",
                             retry_after_s=max(1, round(retry_after or 5)),
                             reasons=tuple(reasons))

@@ -7,6 +7,7 @@ from router.errors import (
     ConfigError,
     DeadlineExceeded,
     Forbidden,
+    InternalError,
     MethodNotAllowed,
     NoBackend,
     NotFound,
@@ -26,6 +27,7 @@ STATUS: dict[type[RouterError], tuple[int, str]] = {
     NoBackend: (503, "service_unavailable"),
     ConfigError: (503, "service_unavailable"),
     DeadlineExceeded: (504, "timeout_error"),
+    InternalError: (500, "api_error"),
     RouterError: (502, "api_error"),
 }
 
@@ -44,8 +46,8 @@ def error_response(exc: RouterError) -> HttpResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, NoBackend):
         headers["retry-after"] = str(exc.retry_after_s)
-        if exc.reasons:
-            headers["x-chat-fallback"] = exc.reasons[-1]
+    if isinstance(exc, NoBackend | DeadlineExceeded) and exc.reasons:
+        headers["x-chat-fallback"] = exc.reasons[-1]
     elif isinstance(exc, ConfigError):
         headers["retry-after"] = "60"
     return HttpResponse.json(status, {"error": {"type": kind, "message": exc.message,

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 
+import httpx
 import pytest
 
 from router.do_event import FunctionContext
@@ -188,3 +189,54 @@ def test_retry_after_that_fits_is_honoured(make_main, fast_env, worker: FakeBack
     assert result["statusCode"] == 503
     assert result["headers"]["x-chat-fallback"] == "rate_limited"
     assert worker.generation_requests() == 3
+
+
+def test_timeout_504_names_the_reason(make_main, fast_env, worker: FakeBackend,
+                                      space: FakeBackend):
+    """GIVEN both backends hanging WHEN the deadline passes THEN the 504 says why."""
+    space.mode = worker.mode = "hang"
+    result = make_main(fast_env)(load_event("chat_completions_llm"),
+                                 FunctionContext.with_timeout(28_000))
+    assert result["statusCode"] == 504
+    assert result["headers"]["x-chat-fallback"] == "timeout"
+
+
+def test_an_oversized_backend_answer_is_refused_while_reading(make_main, fast_env,
+                                                              worker: FakeBackend,
+                                                              space: FakeBackend):
+    """GIVEN a worker that sends a 3 MB answer WHEN a chat comes THEN the router stops reading
+    past 2 MB and falls back to the Space (reason `error`)."""
+    worker.mode = "huge"
+    worker.huge_bytes = 3 * 1024 * 1024
+    result = make_main(fast_env)(load_event("chat_completions"),
+                                 FunctionContext.with_timeout(28_000))
+    assert result["headers"]["x-chat-backend"] == "space"
+    assert result["headers"]["x-chat-fallback"] == "error"
+
+
+class _BrokenTransport(httpx.BaseTransport):
+    """A transport that fails the way no httpx error does (a bug below us)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("http://secret-backend.invalid exploded")
+
+
+def test_an_unexpected_error_still_gets_json(fast_env):
+    """GIVEN a failure no layer expects WHEN a request is handled THEN a JSON 500
+    `internal_error`, with no detail of the failure in it."""
+    from router.app import ChatRouter
+    from router.config import Settings
+    from router.http_types import HttpRequest
+
+    router = ChatRouter(Settings.from_env({**fast_env, "SPACE_URL": ""}),
+                        transports={"worker": _BrokenTransport()})
+    try:
+        response = router.handle(HttpRequest("POST", "/v1/chat/completions",
+                                             {"content-type": "application/json"},
+                                             b'{"messages":[{"role":"user","content":"x"}]}'),
+                                 None)
+    finally:
+        router.close()
+    assert response.status == 500
+    assert json.loads(response.body)["error"]["code"] == "internal_error"
+    assert "secret-backend" not in response.body
