@@ -30,6 +30,8 @@ PROJECT = ROOT / "project.yml"
 STATIC = Path(__file__).resolve().parent / "static"
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
+# Past this, a too-large upload is cut off rather than read and thrown away.
+DRAIN_LIMIT = 8 * 1024 * 1024
 _TEXT_TYPES = ("json", "text", "xml", "x-www-form-urlencoded", "javascript")
 
 
@@ -149,17 +151,32 @@ class Gateway:
             disable_nagle_algorithm = True
 
             def _serve(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                if length > PLATFORM_BODY_LIMIT:
+                try:
+                    length = int(self.headers.get("content-length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    status, headers, data = _json(400, {"error": {
+                        "type": "invalid_request_error", "code": "bad_content_length",
+                        "message": "Content-Length must be a non-negative integer"}})
+                    self.close_connection = True
+                elif length > PLATFORM_BODY_LIMIT:
                     status, headers, data = _json(413, {"error": {
                         "type": "invalid_request_error", "code": "payload_too_large",
                         "message": "request over 1 MB"}})
                     self.close_connection = True
+                    if length <= DRAIN_LIMIT:
+                        # Read what the client is still sending, so that it sees our 413 and
+                        # not a connection reset in the middle of its upload.
+                        _drain(self.rfile, length)
                 else:
                     body = self.rfile.read(length) if length else b""
                     lower = {k.lower(): v for k, v in self.headers.items()}
                     status, headers, data = gateway.invoke(self.command, self.path, lower, body)
                 self.send_response(status)
+                if self.close_connection:
+                    # Say so, or a keep-alive client may reuse the socket we are closing.
+                    self.send_header("connection", "close")
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(data)))
@@ -191,6 +208,14 @@ class Gateway:
         self.server.server_close()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def _drain(stream: Any, length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(length, 65_536))
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def _json(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:

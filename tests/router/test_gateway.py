@@ -95,6 +95,22 @@ def test_same_origin_page_is_not_refused_by_cors(gateway: Gateway, worker: FakeB
         assert evil.status_code == 403
 
 
+def test_bad_content_length_is_a_400(gateway: Gateway):
+    """GIVEN a raw request with a negative Content-Length WHEN sent THEN a JSON 400, and the
+    gateway keeps serving."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/web/fn-test/chat/ask/health HTTP/1.1\r\n"
+                     b"Host: x\r\nContent-Length: -5\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):  # the gateway closes the connection after a 400
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad_content_length" in answer
+    with httpx.Client(timeout=10) as http:
+        assert http.get(f"{gateway.function_url}/health").status_code == 200
+
+
 def test_gateway_timeout_comes_from_project_yml():
     """GIVEN project.yml WHEN the gateway reads the limits THEN it matches the ask function's."""
     data = yaml.safe_load((ROOT / "project.yml").read_text())
