@@ -46,6 +46,16 @@ BUGS = [
      "sampling NaN and the request a 500; now greedy"),
     ("ai_space/routes.py, errors.py", "schemathesis", "the OpenAPI document listed a 422 never "
      "sent and none of 400/401/404/405/413/429/503, nor SSE answers"),
+    # Found reading the suite's results; their tests are in tests/router/.
+    ("router/status.py", "faults", "a 504 carried no `X-Chat-Fallback`, so a timeout did not say "
+     "why; now the last backend's reason"),
+    ("router/backends.py", "review", "backend answers were read whole with no cap, which a 128 MB "
+     "function cannot survive; now refused past 2 MB while reading"),
+    ("router/app.py", "review", "an exception outside our tree escaped `main`, leaving the "
+     "platform's bare 502; now a JSON 500 `internal_error`"),
+    ("router/gateway.py", "review, a flaky test", "a negative Content-Length crashed the handler "
+     "thread; an oversize upload saw a reset, not the 413 (body not drained, no "
+     "`Connection: close`)"),
 ]
 
 
@@ -125,7 +135,8 @@ def render(data: dict[str, Any], wall_s: float | None, passed: bool) -> str:
             f"{secrets.get('log_lines_scanned', 0)} log lines, "
             f"{secrets.get('secrets_searched', 0)} values | {secrets.get('leaks', '?')} found |"]
     out += ["", f"**Bugs found and fixed** ({len(BUGS)}, each in its own commit with a test in "
-            "`tests/reliability/test_regressions.py`; failures found in the final run: "
+            "`tests/reliability/test_regressions.py` or `tests/router/`; "
+            "failures found in the final run: "
             f"{0 if passed else 'see above'}):", "", "| where | found by | what |", "|---|---|---|"]
     out += [f"| `{where}` | {how} | {what} |" for where, how, what in BUGS]
     return "\n".join(out) + "\n"
