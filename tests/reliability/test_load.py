@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from router.backends import POOL_WORKERS
 from router.gateway import Gateway
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
@@ -49,7 +50,7 @@ def open_sockets() -> int:
 
 
 POOL_PREFIX = "backend"  # router/backends.py's attempt pool: per process, bounded, kept warm
-POOL_MAX = 16
+POOL_MAX = POOL_WORKERS
 
 
 def threads() -> int:
