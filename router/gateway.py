@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from router.do_event import PLATFORM_BODY_LIMIT, FunctionContext
@@ -79,7 +79,9 @@ def build_event(method: str, rest: str, headers: dict[str, str], body: bytes,
     }}
 
 
-class _Server(ThreadingHTTPServer):
+class ThreadedServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer for bursts: a long accept queue, daemon handler threads."""
+
     # socketserver listens with a backlog of 5: a burst of more simultaneous connections
     # overflows the accept queue and the kernel resets them (a ReadError for the caller)
     # before a handler thread is ever started. The kernel still caps this at somaxconn.
@@ -87,8 +89,32 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
-class Gateway:
+class BackgroundServer:
+    """A ThreadingHTTPServer that can also serve from a background thread (tests, the stack)."""
+
+    server: ThreadingHTTPServer
+    thread_name = "http-server"
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Serve on a background thread."""
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        name=self.thread_name)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.server.shutdown()
+        self.server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class Gateway(BackgroundServer):
     """A threaded HTTP server in front of one function entry."""
+
+    thread_name = "gateway"
 
     def __init__(self, main: Main, *, namespace: str = "local", timeout_ms: int = 28_000,
                  host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -98,8 +124,7 @@ class Gateway:
         self.host = host
         self.prefix = f"/api/v1/web/{namespace}/chat/ask"
         self._path_re = re.compile(rf"^{re.escape(self.prefix)}(?P<rest>/.*)?$")
-        self.server = _Server((host, port), self._handler_class())
-        self._thread: threading.Thread | None = None
+        self.server = ThreadedServer((host, port), self._handler_class())
 
     @property
     def port(self) -> int:
@@ -119,7 +144,7 @@ class Gateway:
         if match is None:
             return self._static(parts.path)
         if len(body) > PLATFORM_BODY_LIMIT:
-            return _json(413, {"error": {"type": "invalid_request_error", "code":
+            return json_reply(413, {"error": {"type": "invalid_request_error", "code":
                                          "payload_too_large", "message": "request over 1 MB"}})
         if headers.get("origin") == f"http://{headers.get('host', '')}":
             # The chat page this gateway serves calls from its own origin: a same-origin
@@ -138,7 +163,7 @@ class Gateway:
         if path in ("/", "/index.html") and (STATIC / "index.html").is_file():
             page = (STATIC / "index.html").read_text().replace("{{FUNCTION_PATH}}", self.prefix)
             return 200, {"content-type": "text/html; charset=utf-8"}, page.encode()
-        return _json(404, {"error": {"type": "not_found_error", "code": "not_found",
+        return json_reply(404, {"error": {"type": "not_found_error", "code": "not_found",
                                      "message": f"the function lives at {self.prefix}"}})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -156,12 +181,12 @@ class Gateway:
                 except ValueError:
                     length = -1
                 if length < 0:
-                    status, headers, data = _json(400, {"error": {
+                    status, headers, data = json_reply(400, {"error": {
                         "type": "invalid_request_error", "code": "bad_content_length",
                         "message": "Content-Length must be a non-negative integer"}})
                     self.close_connection = True
                 elif length > PLATFORM_BODY_LIMIT:
-                    status, headers, data = _json(413, {"error": {
+                    status, headers, data = json_reply(413, {"error": {
                         "type": "invalid_request_error", "code": "payload_too_large",
                         "message": "request over 1 MB"}})
                     self.close_connection = True
@@ -191,23 +216,9 @@ class Gateway:
 
         return Handler
 
-    def start(self) -> Gateway:
-        """Serve on a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        name="gateway")
-        self._thread.start()
-        return self
-
     def serve_forever(self) -> None:
         """Serve on this thread until interrupted."""
         self.server.serve_forever()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
 
 
 def _drain(stream: Any, length: int) -> None:
@@ -218,7 +229,8 @@ def _drain(stream: Any, length: int) -> None:
         length -= len(chunk)
 
 
-def _json(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:
+def json_reply(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:
+    """A JSON answer as (status, headers, body), for the handlers of both local servers."""
     return status, {"content-type": "application/json"}, json.dumps(data).encode()
 
 

@@ -22,11 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
+
+from router.gateway import BackgroundServer, ThreadedServer, json_reply
 
 log = logging.getLogger("router.local_edge")
 
@@ -146,8 +148,10 @@ class EdgeConfig:
     hardware: str = "cpu-upgrade"  # sleep time is configurable on it, as on GPU hardware
 
 
-class LocalEdge:
+class LocalEdge(BackgroundServer):
     """A threaded HTTP server: the Space's edge and the few Hub endpoints, on one port."""
+
+    thread_name = "local-edge"
 
     def __init__(self, config: EdgeConfig, *, transport: httpx.BaseTransport | None = None
                  ) -> None:
@@ -158,9 +162,7 @@ class LocalEdge:
             transport=transport or httpx.HTTPTransport(retries=0),
         )
         self.state = SpaceState(start_s=config.start_s, probe=self._app_healthy)
-        self.server = ThreadingHTTPServer((config.host, config.port), self._handler_class())
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self.server = ThreadedServer((config.host, config.port), self._handler_class())
         self._hub_prefix = f"/api/spaces/{config.space_id}/"
 
     @property
@@ -190,19 +192,19 @@ class LocalEdge:
             ) -> tuple[int, dict[str, str], bytes]:
         """Answer a Hub API call (`/api/spaces/<id>/...`) or the local control calls."""
         if not self._hub_authorised(headers):
-            return _json(401, {"error": "Invalid credentials in Authorization header"})
+            return json_reply(401, {"error": "Invalid credentials in Authorization header"})
         if path == "/_local/state" and method == "GET":
-            return _json(200, self.state.snapshot())
+            return json_reply(200, self.state.snapshot())
         if path == "/_local/sleep" and method == "POST":
             self.state.sleep()
-            return _json(200, self.runtime())
+            return json_reply(200, self.runtime())
         if not path.startswith(self._hub_prefix):
-            return _json(404, {"error": "Repository not found"})
+            return json_reply(404, {"error": "Repository not found"})
         action = path[len(self._hub_prefix):]
         if action == "runtime" and method == "GET":
-            return _json(200, self.runtime())
+            return json_reply(200, self.runtime())
         if method != "POST":
-            return _json(404, {"error": "Repository not found"})
+            return json_reply(404, {"error": "Repository not found"})
         if action == "restart":
             self.state.restart()
         elif action == "pause":
@@ -211,18 +213,18 @@ class LocalEdge:
             try:
                 seconds = int(json.loads(body or b"{}")["seconds"])
             except (ValueError, KeyError, TypeError):
-                return _json(400, {"error": "expected {\"seconds\": <int>}"})
+                return json_reply(400, {"error": "expected {\"seconds\": <int>}"})
             self.state.sleep_time_s = seconds
         else:
-            return _json(404, {"error": "Repository not found"})
-        return _json(200, self.runtime())
+            return json_reply(404, {"error": "Repository not found"})
+        return json_reply(200, self.runtime())
 
     def space_gate(self, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes] | None:
         """What the edge answers instead of the app, or None when the app should answer."""
         if self.config.private and \
                 headers.get("x-hf-authorization", "") != f"Bearer {self.config.hub_token}":
             # The Hub hides a private Space from callers without a token.
-            return _json(404, {"error": "Repository not found"})
+            return json_reply(404, {"error": "Repository not found"})
         stage = self.state.stage
         if stage == RUNNING:
             self.state.touch()
@@ -304,24 +306,10 @@ class LocalEdge:
 
         return Handler
 
-    def start(self) -> LocalEdge:
-        """Serve on a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        name="local-edge")
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Stop serving, close the socket and the upstream client."""
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
         self.client.close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-def _json(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:
-    return status, {"content-type": "application/json"}, json.dumps(data).encode()
 
 
 def config_from_env(env: Mapping[str, str]) -> EdgeConfig:
