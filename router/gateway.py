@@ -164,7 +164,7 @@ class Gateway(BackgroundServer):
             page = (STATIC / "index.html").read_text().replace("{{FUNCTION_PATH}}", self.prefix)
             return 200, {"content-type": "text/html; charset=utf-8"}, page.encode()
         return json_reply(404, {"error": {"type": "not_found_error", "code": "not_found",
-                                     "message": f"the function lives at {self.prefix}"}})
+                                          "message": f"the function lives at {self.prefix}"}})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         gateway = self
@@ -176,14 +176,9 @@ class Gateway(BackgroundServer):
             disable_nagle_algorithm = True
 
             def _serve(self) -> None:
-                try:
-                    length = int(self.headers.get("content-length") or 0)
-                except ValueError:
-                    length = -1
+                length = content_length(self.headers.get("content-length"))
                 if length < 0:
-                    status, headers, data = json_reply(400, {"error": {
-                        "type": "invalid_request_error", "code": "bad_content_length",
-                        "message": "Content-Length must be a non-negative integer"}})
+                    status, headers, data = BAD_CONTENT_LENGTH
                     self.close_connection = True
                 elif length > PLATFORM_BODY_LIMIT:
                     status, headers, data = json_reply(413, {"error": {
@@ -221,6 +216,15 @@ class Gateway(BackgroundServer):
         self.server.serve_forever()
 
 
+def content_length(value: str | None) -> int:
+    """A request's Content-Length: 0 when absent, -1 when it is not a non-negative integer."""
+    try:
+        length = int(value or 0)
+    except ValueError:
+        return -1
+    return length if length >= 0 else -1
+
+
 def _drain(stream: Any, length: int) -> None:
     while length > 0:
         chunk = stream.read(min(length, 65_536))
@@ -238,3 +242,9 @@ def ensure_import_path() -> None:
     """Let the entry import `router` from the checkout, as build.sh's copy does when deployed."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+
+
+# The answer both local servers give a request whose Content-Length they cannot use.
+BAD_CONTENT_LENGTH = json_reply(400, {"error": {
+    "type": "invalid_request_error", "code": "bad_content_length",
+    "message": "Content-Length must be a non-negative integer"}})

@@ -28,7 +28,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from router.gateway import BackgroundServer, ThreadedServer, json_reply
+from router.gateway import (
+    BAD_CONTENT_LENGTH,
+    BackgroundServer,
+    ThreadedServer,
+    content_length,
+    json_reply,
+)
 
 log = logging.getLogger("router.local_edge")
 
@@ -244,7 +250,11 @@ class LocalEdge(BackgroundServer):
             disable_nagle_algorithm = True
 
             def _serve(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
+                length = content_length(self.headers.get("content-length"))
+                if length < 0:
+                    self.close_connection = True
+                    self._reply(*BAD_CONTENT_LENGTH)
+                    return
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 path = unquote(urlsplit(self.path).path)
@@ -259,6 +269,8 @@ class LocalEdge(BackgroundServer):
 
             def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
                 self.send_response(status)
+                if self.close_connection:
+                    self.send_header("connection", "close")
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(data)))

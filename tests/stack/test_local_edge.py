@@ -213,3 +213,18 @@ def test_config_from_env_names_what_is_missing():
         config_from_env({**full, "EDGE_START_S": "soon"})
     config = config_from_env({**full, "EDGE_PRIVATE": "0", "EDGE_START_S": "1.5"})
     assert config.start_s == 1.5 and config.private is False and config.port == 0
+
+
+def test_bad_content_length_is_a_400(edge: LocalEdge):
+    """GIVEN a raw request with a non-numeric Content-Length WHEN sent to the edge
+    THEN a JSON 400 and a closed connection, not a crashed handler thread."""
+    import socket
+
+    port = int(edge.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: lots\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):  # the edge closes the connection after a 400
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"bad_content_length" in answer
