@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from tests.fakes.asgi import read_request
+
 # Stages in which the Hub's edge serves the app (an edge fake follows these).
 SERVING = "RUNNING"
 STARTING = frozenset({"BUILDING", "APP_STARTING", "RUNNING_BUILDING", "RUNNING_APP_STARTING"})
@@ -79,13 +81,7 @@ class FakeHub:
                 await send({"type": f"lifespan.{kind}.complete"})
                 if kind == "shutdown":
                     return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        raw, headers = await read_request(scope, receive)
         method, path = scope["method"], unquote(scope["path"])
         with self._lock:
             self.calls.append((method, path))

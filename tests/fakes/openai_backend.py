@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.fakes.asgi import read_request
+
 SLEEPING_PAGE = (b"<!DOCTYPE html><html><head><title>Sleeping</title></head><body>"
                  b"<h1>This Space is sleeping due to inactivity.</h1>"
                  b"<button>Restart this Space</button></body></html>")
@@ -76,13 +78,7 @@ class FakeBackend:
                     self.release()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        body, headers = await read_request(scope, receive)
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
