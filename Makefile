@@ -24,6 +24,7 @@ $(STAMP): requirements/*.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/mypy packages/chat/ask/__main__.py
 	$(BIN)/mypy packages/chat/warmup/__main__.py

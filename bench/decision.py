@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from bench.common import pct
-from router.config import Settings
-from router.policy import Policy
-from router.schema import ChatMessage
+from router._config import Settings
+from router._policy import Policy
+from router._schema import ChatMessage
 
 
 def decision_us(rounds: int = 20_000) -> dict[str, float]:

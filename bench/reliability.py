@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router.backends import POOL_WORKERS
+from router._backends import POOL_WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -30,15 +30,15 @@ SCENARIOS = ["space fails, worker answers", "worker fails, Space answers",
 
 # Every bug the suite found, fixed in its own commit (git log --grep 'reliability suite').
 BUGS = [
-    ("router/gateway.py", "load", "the gateway listened with a backlog of 5: a burst of 200 "
+    ("router_tools/gateway.py", "load", "the gateway listened with a backlog of 5: a burst of 200 "
      "connections had 129 reset by the kernel; now 1024"),
-    ("router/schema.py", "fuzz", "an integer literal over 4,300 digits raised ValueError out of "
+    ("router/_schema.py", "fuzz", "an integer literal over 4,300 digits raised ValueError out of "
      "`main`; now 400 `invalid_json`"),
-    ("router/schema.py", "fuzz", "a lone surrogate escape (`\"\\ud800\"`) crashed `main` when "
+    ("router/_schema.py", "fuzz", "a lone surrogate escape (`\"\\ud800\"`) crashed `main` when "
      "httpx encoded the backend request; now 400 `invalid_json`"),
-    ("router/endpoints.py", "faults", "embeddings answers with fewer vectors than inputs were "
+    ("router/_endpoints.py", "faults", "embeddings answers with fewer vectors than inputs were "
      "accepted (200 with inputs lost; IndexError on `/ai/embeddings`); now a protocol error"),
-    ("router/endpoints.py", "size limits", "a streamed (`stream: true`) answer skipped the 1 MB "
+    ("router/_endpoints.py", "size limits", "a streamed (`stream: true`) answer skipped the 1 MB "
      "response cap; now 413 `response_too_large`"),
     ("ai_space/app.py", "fuzz", "`/v1/models/` answered 307 with the server's own URL in "
      "`Location`; slash redirects are off, so a JSON 404"),
@@ -49,14 +49,14 @@ BUGS = [
     ("ai_space/routes.py, errors.py", "schemathesis", "the OpenAPI document listed a 422 never "
      "sent and none of 400/401/404/405/413/429/503, nor SSE answers"),
     # Found reading the suite's results; their tests are in tests/router/.
-    ("router/status.py", "faults", "a 504 carried no `X-Chat-Fallback`, so a timeout did not say "
+    ("router/_status.py", "faults", "a 504 carried no `X-Chat-Fallback`, so a timeout did not say "
      "why; now the last backend's reason"),
-    ("router/backends.py", "review", "backend answers were read whole with no cap, which a 128 MB "
+    ("router/_backends.py", "review", "backend answers were read whole with no cap, which a 128 MB "
      "function cannot survive; now refused past 2 MB while reading"),
-    ("router/app.py", "review", "an exception outside our tree escaped `main`, leaving the "
+    ("router/_app.py", "review", "an exception outside our tree escaped `main`, leaving the "
      "platform's bare 502; now a JSON 500 `internal_error`"),
-    ("router/gateway.py", "review, a flaky test", "a negative Content-Length crashed the handler "
-     "thread; an oversize upload saw a reset, not the 413 (body not drained, no "
+    ("router_tools/gateway.py", "review, a flaky test", "a negative Content-Length crashed the "
+     "handler thread; an oversize upload saw a reset, not the 413 (body not drained, no "
      "`Connection: close`)"),
 ]
 

@@ -24,8 +24,8 @@ from bench.alternatives import (
     ensure_portkey,
 )
 from bench.common import pct
-from router.do_event import FunctionContext
-from router.gateway import Gateway, load_entry
+from router._do_event import FunctionContext
+from router_tools.gateway import Gateway, load_entry
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer
 
@@ -35,7 +35,7 @@ BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_
 WARMUP = 50
 DIRECT = "direct httpx (baseline)"
 IN_PROCESS = "handler in-process"
-GATEWAY = "local gateway (router.gateway)"
+GATEWAY = "local gateway (router_tools.gateway)"
 PORTKEY = "Portkey gateway (Node, @portkey-ai/gateway)"
 LITELLM = "LiteLLM Router.completion (2 deployments)"
 

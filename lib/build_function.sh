@@ -9,7 +9,7 @@
 #   bin/activate_this.py) and points it at lib/python3.11, the runtime's version;
 # - installs requirements/router.txt (+ the extras) as manylinux x86_64 cp311 wheels into
 #   virtualenv/lib/python3.11/site-packages, so compiled ones (pydantic-core) fit the runtime;
-# - copies the router library next to the function's __main__.py.
+# - copies the runtime library (router/) next to the function's __main__.py.
 set -euo pipefail
 fn_dir="$(cd "$1" && pwd)"
 shift
@@ -36,10 +36,10 @@ sed -i.bak -E "s#\.\./lib/python3\.[0-9]+/site-packages#../lib/python3.11/site-p
   --only-binary=:all: --upgrade \
   -r "$root/requirements/router.txt" "$@"
 
-# The library itself, without caches or tests.
+# The runtime library, whole: the tools live in router_tools/ and never ship. The one declared
+# exception is router/__main__.py, which hands `python -m router` to the tools.
 mkdir router
 cp "$root"/router/*.py router/
-# The local stack's own modules never run in a function.
-rm -f router/stack.py router/stack_plan.py router/local_edge.py router/demo.py router/gateway.py
+rm -f router/__main__.py
 rm -rf "$site"/*.dist-info/RECORD
 find "$site" -name '__pycache__' -type d -prune -exec rm -rf {} +

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from router.gateway import load_entry
-from router.retry import set_backoff
+from router._retry import set_backoff
+from router_tools.gateway import load_entry
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer

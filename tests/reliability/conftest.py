@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from router.logs import JsonFormatter
+from router._logs import JsonFormatter
 from tests.conftest import SECRETS
 from tests.support.loopback import LoopbackServer
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from router.do_event import FunctionContext
-from router.retry import set_backoff
+from router._do_event import FunctionContext
+from router._retry import set_backoff
 from tests.conftest import load_event
+from tests.fakes.faults import FAULTS, Fault, ResetServer, refused_url
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import Ledger, Results
-from tests.reliability.faults import FAULTS, Fault, ResetServer, refused_url
 
 DEADLINE_MS = 2000
 RESERVE_MS = 1000

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from router.do_event import FunctionContext
-from router.gateway import load_entry
+from router._do_event import FunctionContext
+from router_tools.gateway import load_entry
 from tests.conftest import SPACE_TOKEN, WORKER_TOKEN
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import FUZZ_CASES, Ledger, Results, served

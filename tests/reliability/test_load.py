@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router.backends import POOL_WORKERS
-from router.gateway import Gateway
+from router._backends import POOL_WORKERS
+from router_tools.gateway import Gateway
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
 
@@ -49,7 +49,7 @@ def open_sockets() -> int:
     return count
 
 
-POOL_PREFIX = "backend"  # router/backends.py's attempt pool: per process, bounded, kept warm
+POOL_PREFIX = "backend"  # router/_backends.py's attempt pool: per process, bounded, kept warm
 POOL_MAX = POOL_WORKERS
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router.do_event import FunctionContext
-from router.gateway import Gateway
+from router._do_event import FunctionContext
+from router_tools.gateway import Gateway
 from tests.conftest import load_event, with_body
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import WORKER_API_TOKEN, Ledger

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import yaml
 
-from router.do_event import FunctionContext
-from router.gateway import Gateway
-from router.warmup import WarmupFunction
+from router._do_event import FunctionContext
+from router._warmup import WarmupFunction
+from router_tools.gateway import Gateway
 from tests.conftest import load_event
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import SPACE_API_TOKEN, WORKER_API_TOKEN, Ledger, Results

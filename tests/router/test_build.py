@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import WORKER_TOKEN
 from tests.fakes.openai_backend import FakeBackend
-from tests.support.artifact import build_ask, run_in_artifact
+from tests.support.artifact import ROOT, build_ask, run_in_artifact
 
 PLATFORM_LIMIT_BYTES = 48 * 1024 * 1024
 
@@ -35,8 +35,15 @@ print(json.dumps({"result": result, "pydantic_core": pydantic_core.__file__, "he
 @pytest.mark.slow
 def test_build_sh_artifact_answers_in_a_bare_interpreter(tmp_path: Path, worker: FakeBackend):
     """GIVEN a temporary copy of the project WHEN build.sh runs THEN the function folder alone
-    (its virtualenv + router copy) imports the handler in a bare interpreter and answers."""
-    fn_dir = build_ask(tmp_path / "project")
+    (its virtualenv + router copy) imports the handler in a bare interpreter and answers; the
+    artifact holds the runtime package whole and no tool, even one just added."""
+    fn_dir = build_ask(tmp_path / "project", extra_tool="brand_new_tool")
+
+    shipped = sorted(p.name for p in (fn_dir / "router").iterdir())
+    runtime = sorted(p.name for p in (ROOT / "router").glob("*.py") if p.name != "__main__.py")
+    assert shipped == runtime
+    assert "_fallback.py" in shipped and "__init__.py" in shipped
+    assert not list(fn_dir.rglob("router_tools")) and not list(fn_dir.rglob("brand_new_tool*"))
 
     site = fn_dir / "virtualenv" / "lib" / "python3.11" / "site-packages"
     assert (fn_dir / "virtualenv" / "bin" / "activate_this.py").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from router.config import Settings
+from router._config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from router.do_event import FunctionContext
+from router._do_event import FunctionContext
 from tests.conftest import load_event
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
@@ -224,9 +224,9 @@ class _BrokenTransport(httpx.BaseTransport):
 def test_an_unexpected_error_still_gets_json(fast_env):
     """GIVEN a failure no layer expects WHEN a request is handled THEN a JSON 500
     `internal_error`, with no detail of the failure in it."""
-    from router.app import ChatRouter
-    from router.config import Settings
-    from router.http_types import HttpRequest
+    from router._app import ChatRouter
+    from router._config import Settings
+    from router._http_types import HttpRequest
 
     router = ChatRouter(Settings.from_env({**fast_env, "SPACE_URL": ""}),
                         transports={"worker": _BrokenTransport()})

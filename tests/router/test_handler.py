@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from router.do_event import FunctionContext
+from router._do_event import FunctionContext
 from tests.conftest import SPACE_TOKEN, WORKER_TOKEN, load_event, with_body
 from tests.fakes.openai_backend import FakeBackend
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.do_event import FunctionContext
+from router._do_event import FunctionContext
 from tests.conftest import SECRETS, load_event
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend

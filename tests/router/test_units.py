@@ -6,10 +6,10 @@ import httpx
 import pytest
 
 import router
-from router.backends import _HTTPX_ERRORS, classify_response, translate_httpx_error
-from router.breaker import CircuitBreaker
-from router.config import Settings
-from router.errors import (
+from router._backends import _HTTPX_ERRORS, classify_response, translate_httpx_error
+from router._breaker import CircuitBreaker
+from router._config import Settings
+from router._errors import (
     BackendError,
     BackendRateLimited,
     BackendUnavailable,
@@ -18,9 +18,9 @@ from router.errors import (
     SpaceSleeping,
     SpaceStarting,
 )
-from router.policy import Policy
-from router.retry import call_with_retries
-from router.schema import ChatMessage
+from router._policy import Policy
+from router._retry import call_with_retries
+from router._schema import ChatMessage
 
 BASE = {"WORKER_URL": "http://worker.invalid"}
 
@@ -46,7 +46,8 @@ def test_public_api_is_pinned():
     assert router.__all__ == [
         "BackendError", "BadRequest", "ChatRouter", "ConfigError", "Deadline", "DeadlineExceeded",
         "Decision", "FunctionContext", "HttpRequest", "HttpResponse", "NoBackend", "Policy",
-        "RouterError", "Settings", "WebFunction", "read_event", "to_do_response"]
+        "RouterError", "Settings", "WarmupFunction", "WebFunction", "read_event",
+        "to_do_response"]
 
 
 def test_every_httpx_error_is_translated():
@@ -173,7 +174,7 @@ def test_retry_budget_and_idempotency():
                           clock=lambda: now[0])
     assert calls == [5.0, 5.0, 5.0]
     calls.clear()
-    router.retry.set_backoff(True)
+    router._retry.set_backoff(True)
     late = BackendRateLimited("x", backend="worker", sent=False, retryable=True,
                               retry_after_s=30.0)
     with pytest.raises(BackendRateLimited):

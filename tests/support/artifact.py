@@ -20,12 +20,19 @@ sys.path.insert(0, fn_dir)
 """
 
 
-def build_ask(dest: Path) -> Path:
-    """Copy what the deployer uses into `dest`, run build.sh, return the function folder."""
+def build_ask(dest: Path, extra_tool: str | None = None) -> Path:
+    """Copy the project into `dest`, run build.sh, return the function folder.
+
+    `extra_tool` names a tool module to add to `router_tools/` first, to show it never ships.
+    """
     (dest / "packages" / "chat").mkdir(parents=True)
     shutil.copytree(ROOT / "packages" / "chat" / "ask", dest / "packages" / "chat" / "ask",
                     ignore=shutil.ignore_patterns("virtualenv", "router", "__pycache__"))
-    shutil.copytree(ROOT / "router", dest / "router", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("router", "router_tools"):
+        shutil.copytree(ROOT / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    if extra_tool:
+        (dest / "router_tools" / f"{extra_tool}.py").write_text('"""A new tool."""\n')
     shutil.copytree(ROOT / "requirements", dest / "requirements")
     shutil.copytree(ROOT / "lib", dest / "lib")
     fn_dir = dest / "packages" / "chat" / "ask"

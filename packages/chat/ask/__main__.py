@@ -1,6 +1,6 @@
 """DigitalOcean Function `chat/ask`: the chat router's web entry (`web: raw`)."""
 
-from router.do_event import WebFunction
+from router import WebFunction
 
 # Per-container state (clients, breakers, wake cool-down), kept across warm invocations.
 FUNCTION = WebFunction()

@@ -1,6 +1,6 @@
 """DigitalOcean Function `chat/warmup`: the scheduled keep-warm run (`web: false`)."""
 
-from router.warmup import WarmupFunction
+from router import WarmupFunction
 
 # Per-container state (HTTP client, Hub client), kept across warm invocations.
 FUNCTION = WarmupFunction()

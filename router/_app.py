@@ -1,0 +1,165 @@
+"""The router: per-container state and the dispatch of one request to its endpoint."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from router._backends import Backend, BackendName, backend_configs
+from router._config import Settings
+from router._cors import Cors
+from router._deadline import Deadline
+from router._endpoints import Endpoints
+from router._errors import (
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    RouterError,
+    Unauthorized,
+)
+from router._fallback import FallbackEngine
+from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, HttpResponse
+from router._policy import Policy
+from router._status import error_response
+from router._wake import SpaceHub, SpaceWaker
+
+log = logging.getLogger("router.request")
+
+
+Handler = Callable[[HttpRequest, Deadline], HttpResponse]
+
+
+class ChatRouter:
+    """Everything a warm container keeps: settings, clients, breakers, the wake gate."""
+
+    def __init__(self, settings: Settings, *,
+                 transports: Mapping[str, httpx.BaseTransport] | None = None,
+                 hub: SpaceHub | None = None) -> None:
+        self.settings = settings
+        transports = transports or {}
+        self.backends: dict[BackendName, Backend] = {
+            name: Backend(config, connect_timeout_s=settings.connect_timeout_ms / 1000.0,
+                          transport=transports.get(name))
+            for name, config in backend_configs(settings).items()
+        }
+        self.engine = FallbackEngine(settings, self.backends, SpaceWaker(settings, hub))
+        self.policy = Policy(settings)
+        self.cors = Cors(settings)
+        self.endpoints = Endpoints(settings, self.engine, self.policy)
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
+            ("POST", "/v1/embeddings"): self.endpoints.embeddings,
+            ("GET", "/v1/models"): self.endpoints.models,
+            ("POST", "/ai/chat"): self.endpoints.ai_chat,
+            ("POST", "/ai/generate"): self.endpoints.ai_generate,
+            ("POST", "/ai/embeddings"): self.endpoints.ai_embeddings,
+            ("GET", "/health"): self.health,
+        }
+
+    def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
+        """Answer one request; never raises, never answers after the deadline."""
+        request_id = uuid.uuid4().hex[:16]
+        started = time.monotonic()
+        origin = request.header("origin")
+        try:
+            deadline = Deadline.for_request(
+                self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
+                margin_ms=self.settings.deadline_margin_ms,
+                platform_remaining_ms=platform_remaining_ms,
+                requested_ms=_int_header(request, DEADLINE_HEADER))
+            response = self._dispatch(request, deadline)
+        except RouterError as exc:
+            response = error_response(exc)
+        except Exception as exc:
+            # The last line of defence: a bug must still give the caller our JSON, not the
+            # platform's bare 502. Only the type is logged: messages may carry URLs.
+            log.error("unhandled error", extra={"fields": {"request_id": request_id,
+                                                           "exc_type": type(exc).__name__}})
+            response = error_response(InternalError("the router failed; see its logs",
+                                                    code="internal_error"))
+        response.headers["x-request-id"] = request_id
+        response.headers.update(self.cors.headers_for(origin))
+        self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
+        return response
+
+    def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        path = request.path.rstrip("/") or "/"
+        if request.method == "OPTIONS":
+            return self.cors.preflight(request.header("origin"),
+                                       request.header("access-control-request-method"))
+        if request.header(WARMUP_HEADER):
+            # The warmup function's ping: keep this container warm, touch no backend.
+            return HttpResponse.json(200, {"warm": True})
+        self.cors.check(request.header("origin"))
+        handler = self.routes.get((request.method, path))
+        if handler is None:
+            if any(route_path == path for _, route_path in self.routes):
+                raise MethodNotAllowed(f"method {request.method[:16]} is not allowed here")
+            raise NotFound("no such endpoint; see the README for the paths")
+        if path != "/health":
+            self._authorize(request)
+        return handler(request, deadline)
+
+    def _authorize(self, request: HttpRequest) -> None:
+        keys = self.settings.api_keys
+        if not keys:
+            return
+        if request.header("origin") and not self.settings.browser_needs_key:
+            return  # an allowlisted browser origin (checked by Cors.check above)
+        auth = request.header("authorization")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key")
+        # Compare against every key, always, so timing says nothing about which one was close.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(given.encode(), key.encode())
+        if not matched:
+            raise Unauthorized("missing or invalid API key")
+
+    def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """Cheap liveness: configuration and circuit states only, never a backend call."""
+        return HttpResponse.json(200, {
+            "status": "ok",
+            "backends": {name: {"circuit": state}
+                         for name, state in self.engine.breaker_states().items()},
+            "space_configured": self.settings.has_space,
+            "wake_configured": self.settings.can_wake,
+        })
+
+    def _log(self, request: HttpRequest, response: HttpResponse, request_id: str,
+             latency_ms: float) -> None:
+        headers = response.headers
+        log.info("request", extra={"fields": {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path[:64],
+            "status": response.status,
+            "route": headers.get("x-chat-route"),
+            "route_reason": headers.get("x-chat-route-reason"),
+            "backend": headers.get("x-chat-backend"),
+            "fallback": headers.get("x-chat-fallback"),
+            "attempts": headers.get("x-chat-attempts"),
+            "latency_ms": round(latency_ms, 1),
+        }})
+
+    def close(self) -> None:
+        """Close every backend client."""
+        for backend in self.backends.values():
+            backend.close()
+        self.engine.waker.close()
+
+
+def _int_header(request: HttpRequest, name: str) -> int | None:
+    value = request.header(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"header {name} must be an integer of milliseconds",
+                         code="bad_header") from None

@@ -1,0 +1,241 @@
+"""Backend clients: one pooled httpx client per backend, one attempt per call.
+
+Every httpx error and every unusable answer becomes one of our `BackendError`s here, and
+nowhere else. Retries live in `retry.py`; httpx's own transport retries stay at 0.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from router._config import Settings
+from router._errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendRateLimited,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    SpaceSleeping,
+    SpaceStarting,
+)
+
+BackendName = Literal["worker", "space"]
+
+# The platform cuts answers at 1 MB; a backend answer past twice that is refused while reading.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
+
+# httpx writes a request's headers and body separately; without TCP_NODELAY the body can wait
+# for the server's delayed ACK.
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+# Each attempt runs on this pool so that the caller can stop waiting at the deadline even when a
+# backend drips bytes slowly enough to dodge httpx's per-read timeout. Per container, on purpose.
+# On DigitalOcean one request runs at a time; the gateway (an App Platform service) runs many.
+# 64 workers measured no better than 16 under 200 concurrent requests on 2 cores.
+POOL_WORKERS = 16
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=POOL_WORKERS,
+                                              thread_name_prefix="backend")
+
+# (error class, sent?, retryable?). Looked up along the MRO, so a
+# subclass httpx adds later still lands on its parent's row; a test pins full coverage.
+_HTTPX_ERRORS: dict[type[httpx.HTTPError], tuple[type[BackendError], bool, bool]] = {
+    httpx.ConnectError: (BackendUnavailable, False, True),
+    httpx.ConnectTimeout: (BackendTimeout, False, True),
+    httpx.PoolTimeout: (BackendTimeout, False, True),
+    httpx.ReadTimeout: (BackendTimeout, True, False),
+    httpx.WriteTimeout: (BackendTimeout, True, False),
+    httpx.TimeoutException: (BackendTimeout, True, False),
+    httpx.ReadError: (BackendUnavailable, True, False),
+    httpx.WriteError: (BackendUnavailable, True, False),
+    httpx.CloseError: (BackendUnavailable, True, False),
+    httpx.NetworkError: (BackendUnavailable, True, False),
+    httpx.RemoteProtocolError: (BackendUnavailable, True, False),
+    httpx.LocalProtocolError: (BackendProtocolError, False, False),
+    httpx.ProtocolError: (BackendProtocolError, True, False),
+    httpx.ProxyError: (BackendUnavailable, False, True),
+    httpx.UnsupportedProtocol: (BackendProtocolError, False, False),
+    httpx.TransportError: (BackendUnavailable, True, False),
+    httpx.DecodingError: (BackendProtocolError, True, False),
+    httpx.TooManyRedirects: (BackendProtocolError, True, False),
+    httpx.HTTPStatusError: (BackendProtocolError, True, False),
+    httpx.RequestError: (BackendUnavailable, True, False),
+    httpx.HTTPError: (BackendUnavailable, True, False),
+}
+
+
+def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName) -> BackendError:
+    """Map any httpx error to our tree, without its message (which may hold a URL)."""
+    for klass in type(exc).__mro__:
+        if klass in _HTTPX_ERRORS:
+            error_class, sent, retryable = _HTTPX_ERRORS[klass]
+            break
+    else:  # pragma: no cover - httpx.HTTPError is in the table
+        error_class, sent, retryable = BackendUnavailable, True, False
+    # A Space that does not even accept the connection in time is most likely starting up.
+    if backend == "space" and isinstance(exc, httpx.ConnectTimeout):
+        error_class = SpaceStarting
+    return error_class(f"{backend}: {type(exc).__name__}", backend=backend, sent=sent,
+                       retryable=retryable)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def classify_response(response: httpx.Response, backend: BackendName) -> dict[str, Any]:
+    """Return the JSON object of a good answer, or raise the error that the answer means."""
+    status = response.status_code
+    ctype = response.headers.get("content-type", "").lower()
+    body = response.content
+    looks_html = "html" in ctype or body.lstrip()[:1] == b"<"
+    retry_after = _retry_after(response)
+    if backend == "space" and (looks_html or status in (502, 503, 504)):
+        # Hugging Face's edge answers a sleeping Space with 200 and an HTML page; starting or
+        # broken Spaces answer 502/503/504 or HTML. None of these is a model reply.
+        kind = SpaceSleeping if b"sleeping" in body.lower() else SpaceStarting
+        raise kind(f"space: not ready (HTTP {status})", backend=backend, sent=False,
+                   retry_after_s=retry_after, status=status)
+    if status == 429:
+        raise BackendRateLimited(f"{backend}: rate limited", backend=backend, sent=False,
+                                 retryable=retry_after is not None, retry_after_s=retry_after,
+                                 status=status)
+    if status == 503:
+        raise BackendUnavailable(f"{backend}: unavailable (HTTP 503)", backend=backend, sent=False,
+                                 retryable=retry_after is not None, retry_after_s=retry_after,
+                                 status=status)
+    if status in (502, 504):
+        raise BackendUnavailable(f"{backend}: bad gateway (HTTP {status})", backend=backend,
+                                 sent=status == 504, retryable=True, retry_after_s=retry_after,
+                                 status=status)
+    if status >= 500:
+        raise BackendUnavailable(f"{backend}: server error (HTTP {status})", backend=backend,
+                                 status=status)
+    if status >= 400:
+        raise BackendRejected(f"{backend}: rejected (HTTP {status})", backend=backend,
+                              sent=True, status=status)
+    if status != 200 or "json" not in ctype:
+        raise BackendProtocolError(f"{backend}: unexpected answer (HTTP {status}, not JSON)",
+                                   backend=backend, status=status)
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BackendProtocolError(f"{backend}: malformed JSON", backend=backend,
+                                   status=status) from None
+    if not isinstance(payload, dict):
+        raise BackendProtocolError(f"{backend}: JSON is not an object", backend=backend,
+                                   status=status)
+    return payload
+
+
+@functools.cache
+def shared_tls() -> ssl.SSLContext:
+    """One verifying TLS context per container: loading the CA bundle costs ~20 ms of cold
+    start, and httpx would load it again for every client."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+def rejected_detail(exc: BackendError) -> str:
+    """A safe, short description of a backend's 4xx, for the caller."""
+    return f"the {exc.backend} rejected the request (HTTP {exc.status})"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """How to reach one backend."""
+
+    name: BackendName
+    base_url: str
+    headers: dict[str, str]
+    model: str
+
+
+def backend_configs(settings: Settings) -> dict[BackendName, BackendConfig]:
+    """The configured backends: the worker always, the Space when SPACE_URL is set."""
+    worker_headers = {"authorization": f"Bearer {settings.worker_token}"} \
+        if settings.worker_token else {}
+    configs: dict[BackendName, BackendConfig] = {
+        "worker": BackendConfig("worker", settings.worker_url, worker_headers,
+                                settings.worker_model),
+    }
+    if settings.has_space:
+        headers: dict[str, str] = {}
+        if settings.space_token:
+            headers["authorization"] = f"Bearer {settings.space_token}"
+        if settings.hf_token:
+            # Hugging Face's proxy reads (and strips) this one for private Spaces; the app's
+            # own token travels in plain Authorization.
+            headers["x-hf-authorization"] = f"Bearer {settings.hf_token}"
+        configs["space"] = BackendConfig("space", settings.space_url, headers,
+                                         settings.space_model)
+    return configs
+
+
+class Backend:
+    """One backend: a pooled httpx client reused across warm invocations."""
+
+    def __init__(self, config: BackendConfig, *, connect_timeout_s: float,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.connect_timeout_s = connect_timeout_s
+        self.client = httpx.Client(
+            base_url=config.base_url,
+            headers={"user-agent": "chat-router/0.1", **config.headers},
+            transport=transport or httpx.HTTPTransport(retries=0, socket_options=NODELAY,
+                                                       verify=shared_tls()),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8,
+                                keepalive_expiry=30.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def request(self, method: str, path: str, *, timeout_s: float,
+                json_body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One attempt, bounded by `timeout_s` end to end, however the backend behaves."""
+        if timeout_s <= 0:
+            raise BackendTimeout(f"{self.name}: no time left", backend=self.name, sent=False)
+        future = _POOL.submit(self._send, method, path, timeout_s, json_body)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise BackendTimeout(f"{self.name}: no answer in {timeout_s:.2f}s",
+                                 backend=self.name, sent=True) from None
+
+    def _send(self, method: str, path: str, timeout_s: float,
+              json_body: dict[str, Any] | None) -> dict[str, Any]:
+        timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+        try:
+            with self.client.stream(method, path, json=json_body, timeout=timeout) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        # A 128 MB function must not hold whatever a broken backend sends.
+                        raise BackendProtocolError(f"{self.name}: answer over {MAX_ANSWER_BYTES} "
+                                                   "bytes", backend=self.name)
+        except httpx.HTTPError as exc:
+            raise translate_httpx_error(exc, self.name) from None
+        # The body is already decoded: drop content-encoding so it is not decoded twice.
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
+        return classify_response(httpx.Response(response.status_code, headers=headers,
+                                                content=bytes(body)), self.name)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.client.close()
+
+

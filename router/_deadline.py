@@ -1,0 +1,40 @@
+"""One deadline per request, covering every attempt, retry and fallback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class Deadline:
+    """A point on the monotonic clock after which no answer may be sent."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.budget_s = max(0.0, budget_s)
+        self.started = clock()
+        self.end = self.started + self.budget_s
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.end - self._clock())
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request started."""
+        return (self._clock() - self.started) * 1000.0
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self._clock() >= self.end
+
+    @classmethod
+    def for_request(cls, configured_ms: int, *, floor_ms: int, margin_ms: int,
+                    platform_remaining_ms: int | None, requested_ms: int | None) -> Deadline:
+        """The smaller of the configured deadline, the platform's time less `margin_ms`, and the
+        caller's own `X-Chat-Deadline-Ms` (never below `floor_ms`)."""
+        budget_ms = float(configured_ms)
+        if requested_ms is not None:
+            budget_ms = min(budget_ms, max(float(requested_ms), float(floor_ms)))
+        if platform_remaining_ms is not None:
+            budget_ms = min(budget_ms, float(platform_remaining_ms - margin_ms))
+        return cls(budget_ms / 1000.0)

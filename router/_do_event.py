@@ -1,0 +1,154 @@
+"""The DigitalOcean edge: the raw web event in, the function's response dict out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from router._config import Settings
+from router._errors import BadRequest, PayloadTooLarge, RouterError
+from router._http_types import HttpRequest, HttpResponse
+from router._status import error_response
+
+if TYPE_CHECKING:
+    from router._app import ChatRouter
+
+# DigitalOcean refuses requests over 1 MB before we see them; this guards the gateway too.
+PLATFORM_BODY_LIMIT = 1_048_576
+
+
+def read_event(event: Mapping[str, Any], max_body_bytes: int = PLATFORM_BODY_LIMIT
+               ) -> HttpRequest:
+    """Read a `web: raw` event (`event["http"]`) into an HttpRequest, decoding base64 bodies."""
+    http = event.get("http")
+    if not isinstance(http, Mapping):
+        raise BadRequest("not a web request", code="bad_event")
+    raw_headers = http.get("headers") or {}
+    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()} \
+        if isinstance(raw_headers, Mapping) else {}
+    body = http.get("body") or ""
+    if not isinstance(body, str):
+        raise BadRequest("the request body must be text", code="bad_event")
+    if len(body) > max(max_body_bytes * 4 // 3 + 4, max_body_bytes):
+        raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+    if http.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("the body is flagged base64 but does not decode",
+                             code="invalid_base64") from None
+    else:
+        data = body.encode("utf-8", "surrogatepass")
+    if len(data) > max_body_bytes:
+        raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+    path = str(http.get("path") or "/")
+    return HttpRequest(
+        method=str(http.get("method") or "GET").upper(),
+        path=path if path.startswith("/") else "/" + path,
+        headers=headers,
+        body=data,
+        query=str(http.get("queryString") or ""),
+    )
+
+
+def to_do_response(response: HttpResponse) -> dict[str, Any]:
+    """The function's return value: `{statusCode, headers, body}`."""
+    return {"statusCode": response.status, "headers": dict(response.headers),
+            "body": response.body}
+
+
+def remaining_ms(context: Any) -> int | None:
+    """The platform's remaining time, if the context offers it."""
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(getter):
+        try:
+            return int(getter())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+@dataclass
+class FunctionContext:
+    """A DigitalOcean-like context: what the runtime passes as `main`'s second argument."""
+
+    deadline: int
+    activation_id: str = "local"
+    function_name: str = "/local/chat/ask"
+    namespace: str = "local"
+    request_id: str = "local"
+    api_host: str = field(default="http://127.0.0.1")
+
+    @classmethod
+    def with_timeout(cls, timeout_ms: int, **kwargs: str) -> FunctionContext:
+        """A context whose deadline is `timeout_ms` from now, like an invocation's."""
+        return cls(deadline=int(time.time() * 1000) + timeout_ms, **kwargs)
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds until the platform would cut the call."""
+        return max(0, self.deadline - int(time.time() * 1000))
+
+
+class WebFunction:
+    """The `ask` function's per-container state: the router, built on the first call.
+
+    Held in a module global of the entry on purpose: containers are reused, and the clients,
+    breakers and wake cool-down must survive across warm invocations.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env
+        self._lock = threading.Lock()
+        self._router: ChatRouter | None = None
+        self._settings: Settings | None = None
+
+    def router(self) -> ChatRouter:
+        """The ChatRouter, created once from the environment (the edge reads it, nobody else)."""
+        with self._lock:
+            if self._router is None:
+                from router._app import ChatRouter
+                from router._logs import configure
+
+                settings = Settings.from_env(self._env if self._env is not None else os.environ)
+                configure(settings)
+                self._settings = settings
+                self._router = ChatRouter(settings)
+            return self._router
+
+    def close(self) -> None:
+        """Close the router's clients (tests and the gateway's shutdown; never needed on DO)."""
+        with self._lock:
+            if self._router is not None:
+                self._router.close()
+                self._router = None
+
+    def __call__(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        """Handle one invocation; always returns a response dict."""
+        router = None
+        try:
+            router = self.router()
+            request = read_event(event, router.settings.max_body_bytes)
+        except RouterError as exc:
+            logging.getLogger("router.request").warning(
+                "request refused at the edge", extra={"fields": {"code": exc.code}})
+            response = error_response(exc)
+            if router is not None:
+                # A browser must be able to read why it was refused.
+                response.headers.update(router.cors.headers_for(_origin(event)))
+            return to_do_response(response)
+        return to_do_response(router.handle(request, remaining_ms(context)))
+
+
+def _origin(event: Mapping[str, Any]) -> str:
+    http = event.get("http")
+    headers = http.get("headers") if isinstance(http, Mapping) else None
+    if not isinstance(headers, Mapping):
+        return ""
+    return next((str(v) for k, v in headers.items() if str(k).lower() == "origin"), "")

@@ -1,0 +1,212 @@
+"""The endpoints: OpenAI's, and the platform's own `/ai/*` shapes, over the fallback engine."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from array import array
+from dataclasses import replace
+from typing import Any
+
+from router._backends import BackendConfig, BackendName
+from router._config import Settings
+from router._deadline import Deadline
+from router._errors import BackendProtocolError, PayloadTooLarge
+from router._fallback import Call, FallbackEngine, Outcome
+from router._http_types import HttpRequest, HttpResponse
+from router._policy import Decision, Policy
+from router._schedule import SpaceHours
+from router._schema import (
+    AiChatRequest,
+    AiEmbeddingsRequest,
+    AiGenerateRequest,
+    ChatMessage,
+    ChatRequest,
+    EmbeddingsRequest,
+    check_inputs,
+    check_messages,
+    clamp_tokens,
+    parse_json,
+    validate,
+)
+from router._sse import completion_to_sse
+
+# DigitalOcean cuts web responses at 1 MB; refuse cleanly instead of being cut.
+MAX_RESPONSE_BYTES = 1_000_000
+
+
+def require_choices(payload: dict[str, Any], backend: BackendName) -> None:
+    """A chat completion must carry a message with string content."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise BackendProtocolError(f"{backend}: answer has no choices", backend=backend)
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+        raise BackendProtocolError(f"{backend}: answer has no message", backend=backend)
+
+
+def require_embeddings(payload: dict[str, Any], backend: BackendName, count: int) -> None:
+    """An embeddings answer must carry one vector for each of the `count` inputs."""
+    data = payload.get("data")
+    if not isinstance(data, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data):
+        raise BackendProtocolError(f"{backend}: answer has no embeddings", backend=backend)
+    # Fewer vectors than inputs would lose inputs silently (or crash /ai/embeddings on []).
+    if len(data) != count:
+        raise BackendProtocolError(f"{backend}: {len(data)} embeddings for {count} inputs",
+                                   backend=backend)
+
+
+def outcome_headers(outcome: Outcome, decision: Decision | None) -> dict[str, str]:
+    """`X-Chat-Backend`, `X-Chat-Fallback` and the routing decision."""
+    headers = {"x-chat-backend": outcome.backend, "x-chat-attempts": str(outcome.attempts)}
+    if outcome.fallback:
+        headers["x-chat-fallback"] = outcome.fallback
+    if decision is not None:
+        headers["x-chat-route"] = decision.target
+        headers["x-chat-route-reason"] = decision.reason
+    return headers
+
+
+def _b64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding encoding: little-endian float32, base64."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
+    response = HttpResponse.json(status, data, headers)
+    if len(response.body) > MAX_RESPONSE_BYTES:
+        raise PayloadTooLarge("the answer would exceed the platform's 1 MB limit",
+                              code="response_too_large")
+    return response
+
+
+class Endpoints:
+    """Request adapters: validate, decide, run through the engine, shape the answer."""
+
+    def __init__(self, settings: Settings, engine: FallbackEngine, policy: Policy) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.policy = policy
+        self.has_space = "space" in engine.backends
+        # Outside WARM_SCHEDULE with OFF_HOURS=fallback, the Space is left to sleep.
+        self.space_hours = SpaceHours(settings)
+
+    def _order(self, first: BackendName) -> list[BackendName]:
+        if not self.has_space or not self.space_hours.space_allowed():
+            return ["worker"]
+        return ["space", "worker"] if first == "space" else ["worker", "space"]
+
+    def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
+        check_messages(request.messages, self.settings)
+        max_tokens = clamp_tokens(request.wanted_tokens(), self.settings)
+        decision = self.policy.decide(request.model, request.messages, request.wanted_tokens())
+
+        def body_for(config: BackendConfig) -> dict[str, Any]:
+            return request.upstream_body(config.model, max_tokens)
+
+        call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
+                    check=require_choices)
+        order = self._order(decision.target)
+        outcome = self.engine.run(order, call, deadline)
+        if decision.target == "space" and order == ["worker"] and self.has_space \
+                and not outcome.fallback:
+            outcome = replace(outcome, fallback="off_hours")  # answered by the worker on purpose
+        return outcome, decision
+
+    def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """POST /v1/chat/completions, streamed (buffered SSE) or not."""
+        chat = validate(ChatRequest, parse_json(request.body))
+        outcome, decision = self._chat(chat, deadline)
+        headers = outcome_headers(outcome, decision)
+        if not chat.stream:
+            return _json(200, outcome.payload, headers)
+        include_usage = bool((chat.stream_options or {}).get("include_usage"))
+        body = completion_to_sse(outcome.payload, include_usage=include_usage)
+        if len(body) > MAX_RESPONSE_BYTES:  # the same 1 MB cap as every JSON answer
+            raise PayloadTooLarge("the answer would exceed the platform's 1 MB limit",
+                                  code="response_too_large")
+        return HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
+                                        "cache-control": "no-cache"})
+
+    def _embed(self, inputs: list[str], deadline: Deadline) -> Outcome:
+        def body_for(config: BackendConfig) -> dict[str, Any]:
+            return {"model": config.model, "input": inputs}
+
+        def check(payload: dict[str, Any], backend: BackendName) -> None:
+            require_embeddings(payload, backend, len(inputs))
+
+        call = Call("POST", "/v1/embeddings", body_for, idempotent=True, check=check)
+        # Only the worker serves embeddings: the Space runs the LLM alone.
+        return self.engine.run(["worker"], call, deadline)
+
+    def embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """POST /v1/embeddings."""
+        body = validate(EmbeddingsRequest, parse_json(request.body))
+        outcome = self._embed(check_inputs(body.input, self.settings), deadline)
+        payload = outcome.payload
+        if body.encoding_format == "base64":
+            payload = {**payload, "data": [{**item, "embedding": _b64_floats(item["embedding"])}
+                                           for item in payload["data"]]}
+        return _json(200, payload, outcome_headers(outcome, None))
+
+    def models(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """GET /v1/models: every name a caller may send, and what serves it."""
+        served = {"worker": "worker", "space": "space" if self.has_space else "worker"}
+        data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "chat-router",
+                 "served_by": "policy"}]
+        data += [{"id": name, "object": "model", "created": 0, "owned_by": "chat-router",
+                  "served_by": served[target]}
+                 for name, target in sorted(self.policy.known_models().items())]
+        return _json(200, {"object": "list", "data": data}, {})
+
+    def _ai_chat(self, messages: list[ChatMessage], system_prompt: str | None,
+                 max_length: int | None, temperature: float | None, model: str,
+                 deadline: Deadline) -> tuple[str, Outcome, Decision]:
+        if system_prompt and not any(m.role == "system" for m in messages):
+            messages = [ChatMessage(role="system", content=system_prompt), *messages]
+        chat = ChatRequest(model=model, messages=messages, max_tokens=max_length,
+                           temperature=temperature)
+        outcome, decision = self._chat(chat, deadline)
+        content = outcome.payload["choices"][0]["message"].get("content") or ""
+        return content, outcome, decision
+
+    def ai_chat(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """POST /ai/chat: `{messages, max_length, temperature, system_prompt}`."""
+        started = time.monotonic()
+        body = validate(AiChatRequest, parse_json(request.body))
+        text, outcome, decision = self._ai_chat(body.messages, body.system_prompt,
+                                                body.max_length, body.temperature, body.model,
+                                                deadline)
+        return _json(200, {"response": text, **self._meta(outcome, started)},
+                     outcome_headers(outcome, decision))
+
+    def ai_generate(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """POST /ai/generate: `{prompt, max_length, temperature, system_prompt}`."""
+        started = time.monotonic()
+        body = validate(AiGenerateRequest, parse_json(request.body))
+        messages = [ChatMessage(role="user", content=body.prompt)]
+        text, outcome, decision = self._ai_chat(messages, body.system_prompt, body.max_length,
+                                                body.temperature, body.model, deadline)
+        return _json(200, {"text": text, **self._meta(outcome, started)},
+                     outcome_headers(outcome, decision))
+
+    def ai_embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+        """POST /ai/embeddings: `{text}` -> `{embedding, dimensions, method}`."""
+        body = validate(AiEmbeddingsRequest, parse_json(request.body))
+        outcome = self._embed(check_inputs(body.text, self.settings), deadline)
+        vectors = [item["embedding"] for item in outcome.payload["data"]]
+        embedding = vectors[0] if isinstance(body.text, str) else vectors
+        return _json(200, {"embedding": embedding, "dimensions": len(vectors[0]),
+                           "method": outcome.backend},
+                     outcome_headers(outcome, None))
+
+    @staticmethod
+    def _meta(outcome: Outcome, started: float) -> dict[str, Any]:
+        return {"method": outcome.backend, "model": outcome.payload.get("model", ""),
+                "fallback": outcome.fallback,
+                "latency_ms": round((time.monotonic() - started) * 1000.0, 1)}

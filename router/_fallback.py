@@ -1,0 +1,141 @@
+"""The fallback engine: try backends in order inside one deadline, and say what happened."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router._backends import Backend, BackendConfig, BackendName, rejected_detail
+from router._breaker import CircuitBreaker
+from router._config import Settings
+from router._deadline import Deadline
+from router._errors import (
+    BackendError,
+    BackendRejected,
+    BadRequest,
+    CircuitOpen,
+    DeadlineExceeded,
+    NoBackend,
+    SpaceSleeping,
+    SpaceStarting,
+)
+from router._retry import call_with_retries
+from router._wake import SpaceWaker
+
+# Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
+WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavailable",
+                          "circuit_open"})
+# A backend's 4xx that is the caller's fault: answering it from another backend would not help.
+CALLER_FAULT = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One logical request to whichever backend serves it."""
+
+    method: str
+    path: str
+    body_for: Callable[[BackendConfig], dict[str, Any] | None]
+    idempotent: bool
+    check: Callable[[dict[str, Any], BackendName], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The answer, who gave it, why the first choice did not (if so), and how many tries."""
+
+    payload: dict[str, Any]
+    backend: BackendName
+    fallback: str | None
+    attempts: int
+
+
+class FallbackEngine:
+    """Per-container: the backends, their breakers and the wake path."""
+
+    def __init__(self, settings: Settings, backends: Mapping[BackendName, Backend],
+                 waker: SpaceWaker) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.waker = waker
+        self.breakers = {name: CircuitBreaker(settings.breaker_failures,
+                                              settings.breaker_cooldown_s)
+                         for name in backends}
+
+    def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline) -> Outcome:
+        """Serve `call` from the first backend in `order` that answers within the deadline."""
+        reasons: list[str] = []
+        attempts = 0
+        wake: threading.Thread | None = None
+        retry_after = 0.0
+        try:
+            for index, name in enumerate(order):
+                backend = self.backends[name]
+                breaker = self.breakers[name]
+                if not breaker.allow():
+                    reasons.append(CircuitOpen.reason)
+                    retry_after = max(retry_after, breaker.retry_after_s())
+                    wake = wake or self._maybe_wake(name, CircuitOpen.reason)
+                    continue
+                is_last = index == len(order) - 1
+                tries = [0]
+                try:
+                    payload = self._attempt(backend, call, deadline, is_last, tries)
+                except BackendError as exc:
+                    attempts += tries[0]
+                    if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
+                        breaker.record_success()
+                        raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
+                    # A Space that says it is asleep or starting answers such probes in
+                    # milliseconds, and comes back soon after a wake: probe it sooner.
+                    not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
+                    breaker.record_failure(
+                        self.settings.space_probe_s if not_ready else None)
+                    reasons.append(exc.reason)
+                    if exc.retry_after_s is not None:
+                        retry_after = max(retry_after, exc.retry_after_s)
+                    wake = wake or self._maybe_wake(name, exc.reason)
+                    continue
+                attempts += tries[0]
+                breaker.record_success()
+                return Outcome(payload, name, reasons[0] if reasons else None, attempts)
+            if deadline.expired():
+                raise DeadlineExceeded("no backend answered before the deadline",
+                                       reasons=tuple(reasons))
+            raise NoBackend("no backend is available right now",
+                            retry_after_s=max(1, round(retry_after or 5)),
+                            reasons=tuple(reasons))
+        finally:
+            if wake is not None:
+                # Give the wake call a moment to leave before the platform freezes the container;
+                # it started before the fallback, so this rarely waits at all.
+                wake.join(min(self.settings.wake_grace_ms / 1000.0, deadline.remaining()))
+
+    def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
+                 tries: list[int]) -> dict[str, Any]:
+        # Keep time for the next backend, but never more than half of what is left.
+        reserve = 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
+                                           deadline.remaining() / 2)
+        body = call.body_for(backend.config)
+
+        def once(timeout_s: float) -> dict[str, Any]:
+            tries[0] += 1
+            payload = backend.request(call.method, call.path, timeout_s=timeout_s,
+                                      json_body=body)
+            call.check(payload, backend.name)
+            return payload
+
+        return call_with_retries(once, budget_end=deadline.end - reserve,
+                                 attempts=self.settings.retry_attempts,
+                                 idempotent=call.idempotent)
+
+    def _maybe_wake(self, name: BackendName, reason: str) -> threading.Thread | None:
+        if name != "space" or reason not in WAKE_REASONS:
+            return None
+        return self.waker.request(reason)
+
+    def breaker_states(self) -> dict[str, str]:
+        """Each backend's circuit state, for `/health`."""
+        return {name: breaker.state for name, breaker in self.breakers.items()}

@@ -1,0 +1,43 @@
+"""The router's own request and response types, independent of any platform."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The request headers of our own protocol, shared by the router and the warmup function.
+DEADLINE_HEADER = "x-chat-deadline-ms"
+WARMUP_HEADER = "x-chat-warmup"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """A read-only view of one HTTP request; header names are lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    query: str = ""
+
+    def header(self, name: str, default: str = "") -> str:
+        """A header's value, by case-insensitive name."""
+        return self.headers.get(name.lower(), default)
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """A response on its way out; the edge turns it into the platform's shape."""
+
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: Mapping[str, str] | None = None
+             ) -> HttpResponse:
+        """A JSON response."""
+        return cls(status, json.dumps(data, separators=(",", ":")),
+                   {"content-type": "application/json", **(headers or {})})

@@ -1,0 +1,54 @@
+"""Structured logging: one JSON line per event, with every configured secret scrubbed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+
+from router._config import Settings
+
+_REDACTED = "[redacted]"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats `extra={"fields": {...}}` records as one JSON object per line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Longest first, so a URL is scrubbed before a token that is part of it.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line of JSON: level, logger, message and the record's fields."""
+        data: dict[str, object] = {"level": record.levelname.lower(), "logger": record.name,
+                                   "msg": record.getMessage()}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            data["exc_type"] = record.exc_info[0].__name__
+        return self.scrub(json.dumps(data, default=str))
+
+    def scrub(self, text: str) -> str:
+        """Replace every secret in `text` (defence in depth: we never log them on purpose)."""
+        for secret in self.secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+
+def configure(settings: Settings) -> None:
+    """Send the `router` logger to stderr as JSON lines; quiet httpx, which logs URLs."""
+    logger = logging.getLogger("router")
+    formatter = JsonFormatter(settings.secrets())
+    handler = next((h for h in logger.handlers if getattr(h, "_router_handler", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler._router_handler = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    handler.setFormatter(formatter)
+    logger.setLevel(settings.log_level.upper())
+    logger.propagate = True
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

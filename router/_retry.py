@@ -1,0 +1,90 @@
+"""The one retry layer: tenacity, exact exception types, jitter, clamped to a time budget.
+
+Only `BackendError`s that say `retryable` are retried, and a request that may have reached the
+backend is re-sent only when it is idempotent (generation is billed: never send it twice).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
+from router._errors import BackendError
+
+T = TypeVar("T")
+
+# Tests flip this off (an autouse fixture restores it) so that backoff costs no wall time.
+_BACKOFF = {"enabled": True}
+_BASE_S = 0.1
+_CAP_S = 2.0
+# An attempt with less than this left is not worth starting.
+MIN_ATTEMPT_S = 0.05
+
+
+def set_backoff(enabled: bool) -> None:
+    """Turn the waits between attempts on or off (off is for tests)."""
+    _BACKOFF["enabled"] = enabled
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A frozen record of one failed attempt, handed to the `on_retry` hook."""
+
+    number: int
+    error: BackendError
+    wait_s: float
+
+
+def _should_retry(idempotent: bool) -> Callable[[BaseException], bool]:
+    def check(exc: BaseException) -> bool:
+        if not isinstance(exc, BackendError) or not exc.retryable:
+            return False
+        return idempotent or not exc.sent
+
+    return check
+
+
+def _wait(state: RetryCallState) -> float:
+    if not _BACKOFF["enabled"]:
+        return 0.0
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, BackendError) and exc.retry_after_s is not None:
+        return exc.retry_after_s
+    # Full jitter: spreads retries from many warm containers apart.
+    ceiling = min(_CAP_S, _BASE_S * (2 ** (state.attempt_number - 1)))
+    return random.uniform(0.0, ceiling)
+
+
+def call_with_retries(fn: Callable[[float], T], *, budget_end: float, attempts: int,
+                      idempotent: bool, clock: Callable[[], float] = time.monotonic,
+                      on_retry: Callable[[Attempt], None] | None = None) -> T:
+    """Call `fn(timeout_s)` until it succeeds, a non-retryable error, `attempts`, or the budget.
+
+    `fn` receives the seconds left before `budget_end`; waits never run past it either.
+    """
+
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number >= attempts:
+            return True
+        left = budget_end - clock()
+        # The wait must leave room for a useful attempt, or we stop and let the caller fall back.
+        return state.upcoming_sleep + MIN_ATTEMPT_S > left
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if on_retry is not None and isinstance(exc, BackendError):
+            on_retry(Attempt(state.attempt_number, exc, state.upcoming_sleep))
+
+    retrying = Retrying(
+        retry=retry_if_exception(_should_retry(idempotent)),
+        wait=_wait,
+        stop=stop,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(lambda: fn(budget_end - clock()))
