@@ -1,0 +1,160 @@
+"""Who may call: API keys, signed client tokens (JWT HS256), and `Origin`, which proves nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+
+from router.cli import main as cli_main
+from router.do_event import FunctionContext
+from router.token_cli import mint
+from tests.conftest import Main, load_event
+from tests.fakes.openai_backend import FakeBackend
+
+ORIGIN = "https://app.example.com"
+SECRET = "client-token-secret-0123456789abcdef"
+OTHER_SECRET = "another-secret-that-is-long-enough-42"
+KEY = "key-alpha-123456"
+
+
+def ctx() -> FunctionContext:
+    return FunctionContext.with_timeout(28_000)
+
+
+def ask(main: Main, headers: dict[str, str], name: str = "chat_completions") -> dict[str, Any]:
+    """One chat request through the real handler; the answer with its body decoded."""
+    result = main(load_event(name, headers=headers), ctx())
+    return {**result, "json": json.loads(result["body"]) if result["body"] else None}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """An `alg: none` token, as an attacker would write it by hand."""
+    def part(data: dict[str, Any]) -> str:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def hs512(claims: dict[str, Any]) -> str:
+    """A token signed with the right secret but another algorithm (the pin must refuse it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)  # weak for HS512, yes
+        return jwt.encode(claims, SECRET, algorithm="HS512")
+
+
+@pytest.fixture
+def token_main(make_main: Callable[[dict[str, str]], Main], env: dict[str, str]) -> Main:
+    """The real handler with CLIENT_TOKEN_SECRET set (and no API keys)."""
+    return make_main({**env, "CLIENT_TOKEN_SECRET": SECRET})
+
+
+def test_forged_origin_without_credential_gets_401(make_main, env, worker: FakeBackend):
+    """GIVEN API_KEYS, or CLIENT_TOKEN_SECRET WHEN a request carries an allowlisted Origin (which
+    curl can forge) and no credential THEN 401, the backend is not called, and the browser can
+    still read why (CORS headers)."""
+    for extra, code in (({"API_KEYS": KEY, "CLIENT_TOKEN_SECRET": ""}, "invalid_api_key"),
+                        ({"API_KEYS": "", "CLIENT_TOKEN_SECRET": SECRET}, "invalid_token")):
+        main = make_main({**env, **extra})
+        calls = worker.generation_requests()
+        answer = ask(main, {"origin": ORIGIN})
+        assert answer["statusCode"] == 401
+        assert answer["json"]["error"]["code"] == code
+        assert answer["headers"]["access-control-allow-origin"] == ORIGIN
+        assert worker.generation_requests() == calls
+
+
+def test_client_tokens_each_get_the_right_answer(token_main: Main):
+    """GIVEN CLIENT_TOKEN_SECRET WHEN good, expired, wrong-secret, alg-none, exp-less, sub-less,
+    too-long-lived and garbage tokens are sent THEN 200 for the good one, and 401 invalid_token
+    for each of the others."""
+    now = time.time()
+    good = mint(SECRET, "alice", 600)
+    cases = {
+        "good": good,
+        "expired": mint(SECRET, "alice", 600, now=now - 3_600),
+        "wrong_secret": mint(OTHER_SECRET, "alice", 600),
+        "alg_none": unsigned({"sub": "alice", "exp": int(now) + 600}),
+        "missing_exp": jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
+        "missing_sub": jwt.encode({"exp": int(now) + 600}, SECRET, algorithm="HS256"),
+        "too_long_lived": mint(SECRET, "alice", 2 * 3_600),
+        "not_a_jwt": "not-a-token",
+        "hs512": hs512({"sub": "alice", "exp": int(now) + 600}),
+    }
+    answers = {name: ask(token_main, {"origin": ORIGIN, **bearer(token)})
+               for name, token in cases.items()}
+    assert answers.pop("good")["statusCode"] == 200
+    for name, answer in answers.items():
+        assert (name, answer["statusCode"]) == (name, 401)
+        assert answer["json"]["error"]["code"] == "invalid_token", name
+    assert "expired" in answers["expired"]["json"]["error"]["message"]
+    assert "'exp'" in answers["missing_exp"]["json"]["error"]["message"]
+    for answer in answers.values():  # no part of a token is echoed back
+        assert good.split(".")[2] not in answer["body"]
+
+
+def test_token_clock_skew_leeway(token_main: Main):
+    """GIVEN a 30 s leeway WHEN a token expired 10 s ago, or runs 10 s past the longest life
+    THEN both are accepted (clocks differ a little); 90 s past the longest life THEN 401."""
+    now = time.time()
+    just_expired = mint(SECRET, "bob", 60, now=now - 70)
+    slightly_long = mint(SECRET, "bob", 3_600 + 10)
+    too_long = mint(SECRET, "bob", 3_600 + 90)
+    assert ask(token_main, bearer(just_expired))["statusCode"] == 200
+    assert ask(token_main, bearer(slightly_long))["statusCode"] == 200
+    assert ask(token_main, bearer(too_long))["statusCode"] == 401
+
+
+def test_keys_and_tokens_together(make_main, env):
+    """GIVEN API_KEYS and CLIENT_TOKEN_SECRET WHEN a server sends its key, a browser its token,
+    or someone a wrong key THEN 200, 200, 401 invalid_api_key; /health says auth is required."""
+    main = make_main({**env, "API_KEYS": KEY, "CLIENT_TOKEN_SECRET": SECRET})
+    assert ask(main, {"x-api-key": KEY})["statusCode"] == 200
+    assert ask(main, bearer(mint(SECRET, "carol", 300)))["statusCode"] == 200
+    wrong = ask(main, bearer("key-alpha-654321"))
+    assert (wrong["statusCode"], wrong["json"]["error"]["code"]) == (401, "invalid_api_key")
+    health = ask(main, {}, "health")
+    assert (health["statusCode"], health["json"]["auth"]) == (200, "required")
+
+
+def test_open_function_says_so_on_health(main: Main):
+    """GIVEN neither API_KEYS nor CLIENT_TOKEN_SECRET WHEN /health is read, and a request sent
+    with no credential THEN `"auth": "open"`, and the request is served."""
+    assert ask(main, {}, "health")["json"]["auth"] == "open"
+    assert ask(main, {})["statusCode"] == 200
+
+
+def test_short_secret_is_refused(make_main, env):
+    """GIVEN a CLIENT_TOKEN_SECRET under 32 bytes (too weak for HS256) WHEN the function starts
+    THEN it answers 503 misconfigured, naming the variable and never its value."""
+    main = make_main({**env, "CLIENT_TOKEN_SECRET": "short-secret"})
+    answer = ask(main, {})
+    assert (answer["statusCode"], answer["json"]["error"]["code"]) == (503, "misconfigured")
+    assert "CLIENT_TOKEN_SECRET" in answer["body"]
+    assert "short-secret" not in answer["body"]
+
+
+def test_token_command_mints_what_the_function_accepts(token_main: Main, monkeypatch,
+                                                       capsys: pytest.CaptureFixture[str]):
+    """GIVEN CLIENT_TOKEN_SECRET in the environment WHEN `python -m router token --sub dave
+    --ttl 600` runs THEN it prints a token the function accepts; a --ttl over
+    CLIENT_TOKEN_MAX_TTL_S, or no secret, is refused with exit code 2."""
+    monkeypatch.setenv("CLIENT_TOKEN_SECRET", SECRET)
+    assert cli_main(["token", "--sub", "dave", "--ttl", "600", "--env-file", ""]) == 0
+    token = capsys.readouterr().out.strip()
+    assert jwt.decode(token, SECRET, algorithms=["HS256"])["sub"] == "dave"
+    assert ask(token_main, bearer(token))["statusCode"] == 200
+    assert cli_main(["token", "--sub", "dave", "--ttl", "7200", "--env-file", ""]) == 2
+    monkeypatch.delenv("CLIENT_TOKEN_SECRET")
+    assert cli_main(["token", "--sub", "dave", "--env-file", ""]) == 2
+    assert "CLIENT_TOKEN_SECRET" in capsys.readouterr().err
