@@ -69,6 +69,10 @@ class MemoryCounter:
         if len(self._windows) >= self.max_keys:
             self._windows.clear()  # a flood of subjects: forget them all rather than grow
 
+    def __len__(self) -> int:
+        """How many keys are held now."""
+        return len(self._windows)
+
     def close(self) -> None:
         """Nothing to release."""
 

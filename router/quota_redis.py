@@ -35,7 +35,7 @@ class RedisCounter:
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
             # No CLIENT SETINFO round trips on connect: each would cost a timeout when slow.
-            lib_name=None, lib_version=None)
+            driver_info=None)
         self.cooldown_s = cooldown_s
         self.clock = clock
         self._skip_until = float("-inf")
