@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -158,3 +161,32 @@ def test_token_command_mints_what_the_function_accepts(token_main: Main, monkeyp
     monkeypatch.delenv("CLIENT_TOKEN_SECRET")
     assert cli_main(["token", "--sub", "dave", "--env-file", ""]) == 2
     assert "CLIENT_TOKEN_SECRET" in capsys.readouterr().err
+
+
+def test_jwt_and_redis_stay_off_the_cold_path(tmp_path):
+    """GIVEN CLIENT_TOKEN_SECRET and quotas WHEN a fresh `ask` answers /health, then (without
+    REDIS_URL) one token-checked request THEN /health imported neither PyJWT nor redis-py, and
+    the request imported PyJWT but still not redis-py (it loads only when REDIS_URL is set)."""
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys, json, importlib.util\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('e', {str(root / 'packages/chat/ask/__main__.py')!r})\n"  # noqa: E501
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "def get(path, headers):\n"
+        "    ev = {'http': {'method': 'GET', 'path': path, 'headers': headers, 'body': ''}}\n"
+        "    return m.main(ev, None)['statusCode']\n"
+        "seen = {}\n"
+        "seen['health'] = [get('/health', {}), 'jwt' in sys.modules, 'redis' in sys.modules]\n"
+        "token = {'authorization': 'Bearer ' + sys.argv[1]}\n"
+        "seen['models'] = [get('/v1/models', token), 'jwt' in sys.modules,\n"
+        "                  'redis' in sys.modules]\n"
+        "print(json.dumps(seen))\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script, mint(SECRET, "frank", 300)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={"WORKER_URL": "http://127.0.0.1:9", "CLIENT_TOKEN_SECRET": SECRET,
+                              "RATE_LIMIT_PER_MINUTE": "10"})
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"health": [200, False, False],
+                                      "models": [200, True, False]}
