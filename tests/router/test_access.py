@@ -79,8 +79,8 @@ def test_forged_origin_without_credential_gets_401(make_main, env, worker: FakeB
 
 def test_client_tokens_each_get_the_right_answer(token_main: Main):
     """GIVEN CLIENT_TOKEN_SECRET WHEN good, expired, wrong-secret, alg-none, exp-less, sub-less,
-    too-long-lived and garbage tokens are sent THEN 200 for the good one, and 401 invalid_token
-    for each of the others."""
+    empty-sub, too-long-lived, HS512 and garbage tokens are sent THEN 200 for the good one (and
+    for a 500-character `sub`), and 401 invalid_token for each of the others."""
     now = time.time()
     good = mint(SECRET, "alice", 600)
     cases = {
@@ -90,6 +90,7 @@ def test_client_tokens_each_get_the_right_answer(token_main: Main):
         "alg_none": unsigned({"sub": "alice", "exp": int(now) + 600}),
         "missing_exp": jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),
         "missing_sub": jwt.encode({"exp": int(now) + 600}, SECRET, algorithm="HS256"),
+        "empty_sub": jwt.encode({"sub": "", "exp": int(now) + 600}, SECRET, algorithm="HS256"),
         "too_long_lived": mint(SECRET, "alice", 2 * 3_600),
         "not_a_jwt": "not-a-token",
         "hs512": hs512({"sub": "alice", "exp": int(now) + 600}),
@@ -97,6 +98,8 @@ def test_client_tokens_each_get_the_right_answer(token_main: Main):
     answers = {name: ask(token_main, {"origin": ORIGIN, **bearer(token)})
                for name, token in cases.items()}
     assert answers.pop("good")["statusCode"] == 200
+    long_sub = mint(SECRET, "u" * 500 + "\n", 600)  # odd subjects are hashed to a bounded key
+    assert ask(token_main, bearer(long_sub))["statusCode"] == 200
     for name, answer in answers.items():
         assert (name, answer["statusCode"]) == (name, 401)
         assert answer["json"]["error"]["code"] == "invalid_token", name
