@@ -88,6 +88,22 @@ def test_two_function_processes_share_one_limit_exactly(env: dict[str, str],
         assert secret not in logs
 
 
+def test_rediss_url_like_managed_valkey(make_main, env, tmp_path: Path):
+    """GIVEN a TLS-only redis-server (as DigitalOcean's Managed Valkey, `rediss://`) with a CA
+    the client must verify WHEN the function counts through it with RATE_LIMIT_PER_MINUTE=2
+    THEN the third request gets 429, and the count lives in the server."""
+    server = RedisServer(tmp_path, tls=True)
+    try:
+        main = make_main({**env, "API_KEYS": KEY, "REDIS_URL": server.url,
+                          "RATE_LIMIT_PER_MINUTE": "2"})
+        statuses = [ask(main, {"x-api-key": KEY}, "models")["statusCode"] for _ in range(3)]
+        stored = redis.Redis.from_url(server.url).get(f"{KEY_PREFIX}all:key:{key_id(KEY)}")
+    finally:
+        server.stop()
+    assert statuses == [200, 200, 429]
+    assert stored == b"3"
+
+
 def test_killed_redis_fails_open_within_50_ms(make_main, env, redis_server: RedisServer,
                                               caplog: pytest.LogCaptureFixture):
     """GIVEN the function counting in Redis WHEN Redis is killed mid-run THEN the next request is
