@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv test lint typecheck unit run demo bench reliability clean
+.PHONY: venv test lint typecheck unit run demo bench reliability clean system-packages
 
 venv: $(STAMP)
 
@@ -29,7 +29,26 @@ lint: $(STAMP)
 	$(BIN)/mypy packages/chat/ask/__main__.py
 	$(BIN)/mypy packages/chat/warmup/__main__.py
 
-test: lint
+# System packages some tests drive for real: a Redis server (shared quotas) and Chromium with its
+# driver (the chat page). As root on Debian they are installed when missing; elsewhere the
+# command is printed and only those tests skip, saying why.
+SYSTEM_PACKAGES := redis-server chromium chromium-driver
+SYSTEM_BINARIES := /usr/bin/redis-server /usr/bin/chromium /usr/bin/chromedriver
+
+system-packages:
+	@missing=""; for b in $(SYSTEM_BINARIES); do test -x $$b || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); } \
+	    >/tmp/system-packages.log 2>&1 \
+	    || { tail -n 30 /tmp/system-packages.log >&2; echo "error: installing $(SYSTEM_PACKAGES) failed" >&2; exit 1; }; \
+	else \
+	  echo "note: missing$$missing; their tests skip. Install: sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
+	fi
+
+test: lint system-packages
 	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 run: $(STAMP)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import access as access_
 from bench import cold as cold_
 from bench import warm as warm_
 from bench.ai_space import throughput
@@ -147,6 +148,8 @@ def main() -> None:
     cold_figs, cold_skip = cold_.cold(args.runs, alternatives=alternatives)
     log.info("warm overhead: %d requests per path", args.requests)
     warm_figs, warm_skip = warm_.warm(args.requests, alternatives=alternatives)
+    log.info("access and quotas: token check, Redis quota (redis-server on loopback)")
+    quota = access_.access(args.runs, args.requests)
     log.info("auto decision")
     decide = decision_us()
     log.info("sleeping Space: %.0f s", args.sleep_s)
@@ -166,6 +169,7 @@ def main() -> None:
         "|---|---|---|---|---|",
         *_cold_rows(cold_figs, cold_skip, args.runs),
         *_warm_rows(warm_figs, warm_skip, args.requests),
+        *access_.rows(quota, args.runs, args.requests),
         *_sleep_rows(asleep),
         f"| `auto` routing decision | p50 / p99 of 20,000 decisions | "
         f"{decide['p50_us']:.1f} / {decide['p99_us']:.1f} µs | | well under 1 ms: "

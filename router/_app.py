@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import httpx
 
+from router._access import Access
 from router._backends import Backend, BackendName, backend_configs
 from router._config import Settings
 from router._cors import Cors
@@ -21,11 +22,11 @@ from router._errors import (
     MethodNotAllowed,
     NotFound,
     RouterError,
-    Unauthorized,
 )
 from router._fallback import FallbackEngine
 from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, HttpResponse
 from router._policy import Policy
+from router._quota import Quotas
 from router._status import error_response
 from router._wake import SpaceHub, SpaceWaker
 
@@ -51,7 +52,9 @@ class ChatRouter:
         self.engine = FallbackEngine(settings, self.backends, SpaceWaker(settings, hub))
         self.policy = Policy(settings)
         self.cors = Cors(settings)
-        self.endpoints = Endpoints(settings, self.engine, self.policy)
+        self.access = Access(settings)
+        self.quotas = Quotas(settings)
+        self.endpoints = Endpoints(settings, self.engine, self.policy, self.quotas)
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -103,28 +106,20 @@ class ChatRouter:
                 raise MethodNotAllowed(f"method {request.method[:16]} is not allowed here")
             raise NotFound("no such endpoint; see the README for the paths")
         if path != "/health":
-            self._authorize(request)
+            request = self._authorize(request)
         return handler(request, deadline)
 
-    def _authorize(self, request: HttpRequest) -> None:
-        keys = self.settings.api_keys
-        if not keys:
-            return
-        if request.header("origin") and not self.settings.browser_needs_key:
-            return  # an allowlisted browser origin (checked by Cors.check above)
-        auth = request.header("authorization")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key")
-        # Compare against every key, always, so timing says nothing about which one was close.
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(given.encode(), key.encode())
-        if not matched:
-            raise Unauthorized("missing or invalid API key")
+    def _authorize(self, request: HttpRequest) -> HttpRequest:
+        # A key or token when configured (an Origin header proves nothing), then the quota.
+        subject = self.access.subject(request)
+        self.quotas.check(subject)
+        return replace(request, subject=subject)
 
     def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """Cheap liveness: configuration and circuit states only, never a backend call."""
         return HttpResponse.json(200, {
             "status": "ok",
+            "auth": self.access.mode,
             "backends": {name: {"circuit": state}
                          for name, state in self.engine.breaker_states().items()},
             "space_configured": self.settings.has_space,
@@ -152,6 +147,7 @@ class ChatRouter:
         for backend in self.backends.values():
             backend.close()
         self.engine.waker.close()
+        self.quotas.close()
 
 
 def _int_header(request: HttpRequest, name: str) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,7 +62,15 @@ class Settings(BaseModel):
     # Who may call.
     cors_origins: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
-    browser_needs_key: bool = False
+    client_token_secret: str = ""
+    client_token_max_ttl_s: int = Field(default=3_600, ge=1)
+    client_token_leeway_s: int = Field(default=30, ge=0, le=300)
+
+    # Per-subject quotas (router/_quota.py); 0 = no limit. REDIS_URL shares the counters.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+    llm_rate_limit_per_minute: int = Field(default=0, ge=0)
+    redis_url: str = ""
+    redis_timeout_ms: int = Field(default=40, ge=1, le=1_000)
 
     # Limits that protect the backends.
     max_body_bytes: int = Field(default=262_144, ge=1_024, le=1_048_576)
@@ -99,6 +108,21 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("client_token_secret")
+    @classmethod
+    def _long_secret(cls, value: str) -> str:
+        # RFC 7518 §3.2: an HS256 key at least as long as the hash (256 bits).
+        if value and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
     @field_validator("route_task_words")
     @classmethod
     def _lower_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -125,7 +149,8 @@ class Settings(BaseModel):
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in an answer or a log line."""
         values = (self.worker_token, self.space_token, self.hf_token, self.worker_url,
-                  self.space_url, *self.api_keys)
+                  self.space_url, self.client_token_secret, self.redis_url,
+                  urlsplit(self.redis_url).password or "", *self.api_keys)
         return tuple(v for v in values if len(v) >= 4)
 
     @classmethod

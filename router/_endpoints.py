@@ -16,6 +16,7 @@ from router._errors import BackendProtocolError, PayloadTooLarge
 from router._fallback import Call, FallbackEngine, Outcome
 from router._http_types import HttpRequest, HttpResponse
 from router._policy import Decision, Policy
+from router._quota import Quotas
 from router._schedule import SpaceHours
 from router._schema import (
     AiChatRequest,
@@ -88,10 +89,12 @@ def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
 class Endpoints:
     """Request adapters: validate, decide, run through the engine, shape the answer."""
 
-    def __init__(self, settings: Settings, engine: FallbackEngine, policy: Policy) -> None:
+    def __init__(self, settings: Settings, engine: FallbackEngine, policy: Policy,
+                 quotas: Quotas) -> None:
         self.settings = settings
         self.engine = engine
         self.policy = policy
+        self.quotas = quotas
         self.has_space = "space" in engine.backends
         # Outside WARM_SCHEDULE with OFF_HOURS=fallback, the Space is left to sleep.
         self.space_hours = SpaceHours(settings)
@@ -101,7 +104,8 @@ class Endpoints:
             return ["worker"]
         return ["space", "worker"] if first == "space" else ["worker", "space"]
 
-    def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
+    def _chat(self, request: ChatRequest, subject: str, deadline: Deadline
+              ) -> tuple[Outcome, Decision]:
         check_messages(request.messages, self.settings)
         max_tokens = clamp_tokens(request.wanted_tokens(), self.settings)
         decision = self.policy.decide(request.model, request.messages, request.wanted_tokens())
@@ -112,16 +116,19 @@ class Endpoints:
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
                     check=require_choices)
         order = self._order(decision.target)
+        reason = "off_hours"
+        if order[0] == "space" and not self.quotas.llm_allowed(subject):
+            order, reason = ["worker"], "quota"  # over LLM_RATE_LIMIT_PER_MINUTE: spare the GPU
         outcome = self.engine.run(order, call, deadline)
         if decision.target == "space" and order == ["worker"] and self.has_space \
                 and not outcome.fallback:
-            outcome = replace(outcome, fallback="off_hours")  # answered by the worker on purpose
+            outcome = replace(outcome, fallback=reason)  # answered by the worker on purpose
         return outcome, decision
 
     def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
         chat = validate(ChatRequest, parse_json(request.body))
-        outcome, decision = self._chat(chat, deadline)
+        outcome, decision = self._chat(chat, request.subject, deadline)
         headers = outcome_headers(outcome, decision)
         if not chat.stream:
             return _json(200, outcome.payload, headers)
@@ -166,12 +173,12 @@ class Endpoints:
 
     def _ai_chat(self, messages: list[ChatMessage], system_prompt: str | None,
                  max_length: int | None, temperature: float | None, model: str,
-                 deadline: Deadline) -> tuple[str, Outcome, Decision]:
+                 subject: str, deadline: Deadline) -> tuple[str, Outcome, Decision]:
         if system_prompt and not any(m.role == "system" for m in messages):
             messages = [ChatMessage(role="system", content=system_prompt), *messages]
         chat = ChatRequest(model=model, messages=messages, max_tokens=max_length,
                            temperature=temperature)
-        outcome, decision = self._chat(chat, deadline)
+        outcome, decision = self._chat(chat, subject, deadline)
         content = outcome.payload["choices"][0]["message"].get("content") or ""
         return content, outcome, decision
 
@@ -181,7 +188,7 @@ class Endpoints:
         body = validate(AiChatRequest, parse_json(request.body))
         text, outcome, decision = self._ai_chat(body.messages, body.system_prompt,
                                                 body.max_length, body.temperature, body.model,
-                                                deadline)
+                                                request.subject, deadline)
         return _json(200, {"response": text, **self._meta(outcome, started)},
                      outcome_headers(outcome, decision))
 
@@ -191,7 +198,8 @@ class Endpoints:
         body = validate(AiGenerateRequest, parse_json(request.body))
         messages = [ChatMessage(role="user", content=body.prompt)]
         text, outcome, decision = self._ai_chat(messages, body.system_prompt, body.max_length,
-                                                body.temperature, body.model, deadline)
+                                                body.temperature, body.model, request.subject,
+                                                deadline)
         return _json(200, {"text": text, **self._meta(outcome, started)},
                      outcome_headers(outcome, decision))
 

@@ -40,7 +40,7 @@ class MethodNotAllowed(RouterError):
 
 
 class Unauthorized(RouterError):
-    """A required API key is missing or wrong."""
+    """A required API key or client token is missing or wrong."""
 
     code = "invalid_api_key"
 
@@ -49,6 +49,16 @@ class Forbidden(RouterError):
     """The browser origin is not on the CORS allowlist."""
 
     code = "origin_not_allowed"
+
+
+class RateLimited(RouterError):
+    """The caller used up its RATE_LIMIT_PER_MINUTE; it may retry after `retry_after_s`."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PayloadTooLarge(RouterError):

@@ -21,6 +21,9 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes = b""
     query: str = ""
+    # Who is calling, as router/_access.py named it (`user:`, `key:` or `ip:`); set after the
+    # access check, empty before it.
+    subject: str = ""
 
     def header(self, name: str, default: str = "") -> str:
         """A header's value, by case-insensitive name."""

@@ -12,6 +12,7 @@ from router._errors import (
     NoBackend,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     RouterError,
     Unauthorized,
 )
@@ -24,6 +25,7 @@ STATUS: dict[type[RouterError], tuple[int, str]] = {
     NotFound: (404, "not_found_error"),
     MethodNotAllowed: (405, "invalid_request_error"),
     PayloadTooLarge: (413, "invalid_request_error"),
+    RateLimited: (429, "rate_limit_error"),
     NoBackend: (503, "service_unavailable"),
     ConfigError: (503, "service_unavailable"),
     DeadlineExceeded: (504, "timeout_error"),
@@ -44,7 +46,7 @@ def error_response(exc: RouterError) -> HttpResponse:
     """The documented JSON error: `{"error": {"type", "message", "code"}}`."""
     status, kind = status_for(exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, NoBackend):
+    if isinstance(exc, NoBackend | RateLimited):
         headers["retry-after"] = str(exc.retry_after_s)
     if isinstance(exc, NoBackend | DeadlineExceeded) and exc.reasons:
         headers["x-chat-fallback"] = exc.reasons[-1]

@@ -16,6 +16,7 @@ from router._config import Settings
 from router._errors import RouterError
 from router._schema import ChatRequest, validate
 from router_tools.space_ops import add_space_commands
+from router_tools.token_cli import add_token_command
 
 log = logging.getLogger("router.cli")
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--env-file", default=".env")
     policy.set_defaults(func=_cmd_policy)
     add_space_commands(sub)
+    add_token_command(sub)
 
     stack = sub.add_parser("stack", help="run the whole system on 127.0.0.1 (make run)")
     stack.add_argument("--port", type=int, default=None,

@@ -86,4 +86,4 @@ def test_public_names_load_lazily():
                          "router._endpoints"}
     assert set(dir(router)) == set(router.__all__)
     with pytest.raises(AttributeError):
-        _ = router.not_a_name  # type: ignore[attr-defined]
+        _ = router.not_a_name

@@ -61,7 +61,7 @@ def test_edge_refusals_carry_cors_headers(main):
 
 def test_api_keys_for_server_callers(make_main, env, worker: FakeBackend):
     """GIVEN API_KEYS WHEN a server calls with no, a wrong, an almost-right or a right key
-    THEN 401, 401, 401, 200; /health needs none; an allowlisted browser origin needs none."""
+    THEN 401, 401, 401, 200; /health needs none; an allowlisted Origin is no credential."""
     main = make_main({**env, "API_KEYS": "key-alpha-123456,key-beta-654321"})
     statuses = []
     for headers in ({}, {"authorization": "Bearer nope"},
@@ -71,7 +71,12 @@ def test_api_keys_for_server_callers(make_main, env, worker: FakeBackend):
         statuses.append(main(load_event("chat_completions", headers=headers), ctx())["statusCode"])
     assert statuses == [401, 401, 401, 200, 200]
     assert main(load_event("health"), ctx())["statusCode"] == 200
-    browser = main(load_event("chat_completions", headers={"origin": ORIGIN}), ctx())
+    forged = main(load_event("chat_completions", headers={"origin": ORIGIN}), ctx())
+    assert forged["statusCode"] == 401
+    assert json.loads(forged["body"])["error"]["code"] == "invalid_api_key"
+    assert forged["headers"]["access-control-allow-origin"] == ORIGIN  # the page reads why
+    browser = main(load_event("chat_completions", headers={
+        "origin": ORIGIN, "authorization": "Bearer key-beta-654321"}), ctx())
     assert browser["statusCode"] == 200
 
 

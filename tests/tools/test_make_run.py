@@ -152,7 +152,7 @@ def test_chat_page_in_headless_chromium(stack: RunningStack, tmp_path: Path):
     answered (worker) and the latency; a screenshot is saved next to the test's files."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver are missing; .ci/run installs them")
+            pytest.fail("chromium and chromium-driver are missing; `make test` installs them")
         pytest.skip("needs Debian's chromium and chromium-driver: "
                     "apt-get install -y chromium chromium-driver")
     from selenium import webdriver
