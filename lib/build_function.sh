@@ -39,7 +39,8 @@ sed -i.bak -E "s#\.\./lib/python3\.[0-9]+/site-packages#../lib/python3.11/site-p
 # The library itself, without caches or tests.
 mkdir router
 cp "$root"/router/*.py router/
-# The local stack's own modules never run in a function.
-rm -f router/stack.py router/stack_plan.py router/local_edge.py router/demo.py router/gateway.py
+# The local stack's own modules and the cost tools (cron) never run in a function.
+rm -f router/stack.py router/stack_plan.py router/local_edge.py router/demo.py router/gateway.py \
+  router/cron.py router/cost.py
 rm -rf "$site"/*.dist-info/RECORD
 find "$site" -name '__pycache__' -type d -prune -exec rm -rf {} +

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from router.cron import Cron
 from router.errors import ConfigError
-from router.schedule import Cron, Schedule
+from router.schedule import Schedule
 
 # huggingface.co/docs/hub/spaces-gpus, "Hourly Price" (USD).
 GPU_PRICE_PER_HOUR: dict[str, float] = {

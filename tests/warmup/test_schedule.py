@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from router.config import Settings
+from router.cron import Cron, check_triggers, project_triggers
 from router.errors import ConfigError
-from router.schedule import Cron, Schedule, SpaceHours, check_triggers, project_triggers
+from router.schedule import Schedule, SpaceHours
 
 ROOT = Path(__file__).resolve().parents[2]
 
