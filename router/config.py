@@ -129,6 +129,15 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("worker_token", "space_token", "hf_token", "api_keys")
+    @classmethod
+    def _header_safe(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        # Tokens travel in HTTP headers: visible ASCII only (anything else fails every call).
+        for item in (value,) if isinstance(value, str) else value:
+            if not all("!" <= char <= "~" for char in item):
+                raise ValueError("must be visible ASCII, without spaces")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
