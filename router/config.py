@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -125,8 +126,17 @@ class Settings(BaseModel):
     @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
+        if not value:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises on a port out of range
+        except ValueError:
+            raise ValueError("not a URL") from None
+        if not parts.hostname or any(char <= " " or char == "\x7f" for char in value):
+            raise ValueError("not a URL")
         return value.rstrip("/")
 
     @field_validator("worker_token", "space_token", "hf_token", "api_keys")

@@ -39,7 +39,9 @@ BAD_ROWS = [
     ("WARM_SCHEDULE", "Mon-Fri 8-20 Mars/Olympus"), ("MODEL_ALIASES", "x=gpu"),
     ("SPACE_ID", "no/such/repo"), ("ASK_URL", "ftp://ask.internal"),
     ("SPACE_SLEEP_TIME_S", "-9"), ("MAX_BODY_BYTES", "10"), ("BROWSER_NEEDS_KEY", "maybe"),
-    ("WORKER_URL", "worker.internal:8080"), ("WORKER_TOKEN", "tok\u00e9n-with-accent"),
+    ("WORKER_URL", "worker.internal:8080"), ("WORKER_URL", "http://[::1"),
+    ("WORKER_URL", "http://"), ("SPACE_URL", "http://space host"), ("SPACE_URL", "http://s:99999"),
+    ("WORKER_TOKEN", "tok\u00e9n-with-accent"),
 ]
 MISCONFIGURED = re.compile(r"invalid or missing settings: [A-Z_, ]+")
 
@@ -82,7 +84,7 @@ def _check_misconfigured(answer: dict[str, Any], report: dict[str, Any], name: s
         assert value.strip() not in answer["body"] and value.strip() not in json.dumps(report)
 
 
-@pytest.mark.parametrize(("name", "value"), BAD_ROWS, ids=[n for n, _ in BAD_ROWS])
+@pytest.mark.parametrize(("name", "value"), BAD_ROWS, ids=[f"{n}={v!a}" for n, v in BAD_ROWS])
 def test_bad_setting_row(base_env: dict[str, str], ledger: Ledger, results: Results,
                          name: str, value: str) -> None:
     """One fault row: this setting bad, everything else healthy (see the module docstring)."""
