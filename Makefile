@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv test lint typecheck unit run demo bench reliability clean system-packages
+.PHONY: venv test lint typecheck unit run demo bench reliability clean system-packages deployer
 
 venv: $(STAMP)
 
@@ -48,7 +48,13 @@ system-packages:
 	  echo "note: missing$$missing; their tests skip. Install: sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	fi
 
-test: lint system-packages
+
+# DigitalOcean's deployer's own code (npm, into build/npm) for tests/router/test_deploy_env.py.
+deployer: $(STAMP)
+	$(BIN)/python -c "from tests.support.deployer import ensure_deployer as e; r = e(); \
+	print('deployer: ' + (r or 'ready') + (' (its test will skip)' if r else ''))"
+
+test: lint system-packages deployer
 	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 run: $(STAMP)

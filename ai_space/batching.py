@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ai_space.errors import QueueFull
+from ai_space.errors import NotReady, QueueFull
 from ai_space.generation import Delta, Finished, GenerationJob, TextTracker, pick_next
 
 log = logging.getLogger("ai_space")
@@ -114,11 +114,16 @@ class Batcher:
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._active = 0  # queued + running; what admission control counts
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="ai_space-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="ai_space-batcher", daemon=True)
 
     def start(self) -> None:
         """Start the batching thread."""
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching thread runs and takes work (False once stopped or crashed)."""
+        return self._thread.is_alive() and not self._stopping
 
     def stop(self) -> None:
         """Finish what is queued as cancelled and end the thread."""
@@ -130,7 +135,10 @@ class Batcher:
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, or raise QueueFull when every slot and queue place is taken."""
         with self._cond:
-            if self._stopping or self._active >= self.max_batch + self.max_queue:
+            if self._stopping or (self._thread.ident is not None and not self._thread.is_alive()):
+                raise NotReady("the generation loop has stopped; see the server log",
+                               code="model_error", retry_after=60)
+            if self._active >= self.max_batch + self.max_queue:
                 raise QueueFull("server is busy: all generation slots and queue places are taken")
             self._active += 1
             self._pending.append(job)
@@ -147,10 +155,37 @@ class Batcher:
                 jobs.append(self._pending.popleft())
             return jobs
 
+    def _setup(self, jobs: list[GenerationJob]) -> list[_Row]:
+        """Rows for these jobs; a job whose setup raises ends with `error`, alone."""
+        rows: list[_Row] = []
+        for job in jobs:
+            try:
+                rows.append(_Row(job, TextTracker(self.tokenizer, job.params.stop),
+                                 job.generator()))
+            except Exception as exc:
+                log.exception("generation setup failed for one request")
+                self._finish(_Row(job, TextTracker(self.tokenizer, ()), None), "error",
+                             error=type(exc).__name__)
+        return rows
+
+    def _loop(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            # A bug outside one batch's try: say so, and let nothing wait on a dead loop
+            # (`alive` turns False: /health answers 503, submit refuses).
+            log.exception("the generation loop died")
+            with self._cond:
+                self._stopping = True
+                leftovers = list(self._pending)
+                self._pending.clear()
+            for job in leftovers:
+                self._finish(_Row(job, TextTracker(self.tokenizer, ()), None), "error",
+                             error="loop_died")
+
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
-            rows = [_Row(job, TextTracker(self.tokenizer, job.params.stop), job.generator())
-                    for job in jobs]
+            rows = self._setup(jobs)
             started = time.perf_counter()
             try:
                 self._generate(rows)
@@ -196,8 +231,7 @@ class Batcher:
         while batch is not None:
             room = self.max_batch - len(batch.rows)
             if room > 0 and batch.can_join:
-                joining = [_Row(job, TextTracker(self.tokenizer, job.params.stop),
-                                job.generator()) for job in self._take_now(room)]
+                joining = self._setup(self._take_now(room))
                 rows.extend(joining)  # so a failure below also ends these rows
                 new = self._prefill([r for r in joining if not self._cancelled(r)])
                 if new is not None:

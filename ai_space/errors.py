@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -151,8 +152,13 @@ def install_handlers(app: FastAPI) -> None:
         return response
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError("internal server error"))
+        # Never the exception's text in the answer: a request id links it to the log.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("unhandled error on %s %s, request id %s", request.method,
+                  request.url.path, request_id, exc_info=exc)
+        response = error_response(APIError(f"internal server error (request id {request_id})"))
+        response.headers["X-Request-Id"] = request_id
+        return response
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

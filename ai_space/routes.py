@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
@@ -35,10 +36,17 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _status(host: ModelHost) -> str:
+    """The host's status, except that a dead generation loop is an error, not ready."""
+    if host.status == "ready" and (host.batcher is None or not host.batcher.alive):
+        return "error"
+    return host.status
+
+
 def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
-    if host.status == "error":
-        raise NotReady("model failed to load; see the server log", code="model_error",
-                       retry_after=60)
+    if _status(host) == "error":
+        raise NotReady("model failed to load or stopped; see the server log",
+                       code="model_error", retry_after=60)
     if host.chat is None or host.batcher is None or host.status != "ready":
         raise NotReady("model is loading")
     return host.chat, host.batcher
@@ -49,11 +57,12 @@ def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
 async def health(request: Request) -> JSONResponse:
     """Cheap readiness: 200 when ready, 503 (Retry-After while loading) otherwise."""
     host, settings = _host(request), _settings(request)
-    body = {"status": host.status, "model": settings.model_name,
+    status = _status(host)
+    body = {"status": status, "model": settings.model_name,
             "embedding_model": settings.embedding_model_name, "device": str(host.device)}
-    if host.status == "ready":
+    if status == "ready":
         return JSONResponse(body)
-    headers = {"Retry-After": str(NotReady.retry_after)} if host.status == "loading" else None
+    headers = {"Retry-After": str(NotReady.retry_after)} if status == "loading" else None
     return JSONResponse(body, status_code=503, headers=headers)
 
 
@@ -72,10 +81,13 @@ def _prompt(chat: ChatModel, body: schema.ChatCompletionRequest) -> list[int]:
     turns = [m.as_template_turn() for m in body.messages]
     try:
         return chat.prompt_ids(turns)
-    except Exception as exc:
-        # Templates raise on what they cannot format (e.g. no system role); that is the
-        # caller's input, so a 400, with the template's own words.
-        raise BadRequest(f"messages do not fit the model's chat template: {exc}",
+    except TemplateSyntaxError:
+        raise  # the template itself is broken: a server error (500), details in the log
+    except TemplateError as exc:
+        # A template refuses what it cannot format (`raise_exception`, e.g. no system role):
+        # that is the caller's input, so a 400 with the template's own words. Anything else
+        # is ours and becomes a 500 without its text (ai_space/errors.py).
+        raise BadRequest(f"messages do not fit the model's chat template: {exc.message}",
                          code="invalid_messages") from None
 
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Unknown OpenAI fields (user, logprobs, tools, ...) are accepted and ignored, as clients send
 # them freely; fields we know are validated strictly.
@@ -27,6 +27,15 @@ class ChatMessage(BaseModel):
     model_config = _LENIENT
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> ChatMessage:
+        # JSON can escape a lone surrogate ("\ud800"); the tokenizer raises on it.
+        try:
+            self.text().encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("content holds an unpaired surrogate (not valid Unicode)") from None
+        return self
 
     def text(self) -> str:
         """The content as one string."""
@@ -62,7 +71,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch.Generator.manual_seed takes a signed or unsigned 64-bit seed.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int | None = Field(default=None, ge=1, le=1)
 
     @field_validator("stop")

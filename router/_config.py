@@ -6,11 +6,19 @@ Every field maps to the environment variable of the same name in upper case
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router._errors import ConfigError
 
@@ -20,6 +28,18 @@ DEFAULT_TASK_WORDS = (
 )
 
 PositiveMs = Annotated[int, Field(ge=1)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# `owner/name`, as the Hub spells a repo id.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def is_unset(value: object) -> bool:
+    """Whether an environment value means "not set": empty, or `none` in any case.
+
+    DigitalOcean's deployer treats an empty `${VAR}` as unresolved and fails the deploy, so an
+    optional variable that should stay unset is written `none` in .env (see .env.example).
+    """
+    return isinstance(value, str) and value.strip().lower() in ("", "none")
 
 
 def _csv(value: Any) -> Any:
@@ -87,7 +107,7 @@ class Settings(BaseModel):
     route_default: Literal["small", "llm"] = "small"
     model_aliases: tuple[str, ...] = ()
 
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
 
     # Keep-warm window, off-hours rule and the warmup function (router/_schedule.py, warmup.py).
     warm_schedule: str = ""
@@ -101,11 +121,30 @@ class Settings(BaseModel):
         "cors_origins", "api_keys", "route_task_words", "model_aliases", mode="before"
     )(_csv)
 
-    @field_validator("worker_url", "space_url", "hf_endpoint")
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_unset(cls, data: Any) -> Any:
+        # `none` (any case) leaves an optional setting at its default; see is_unset.
+        if not isinstance(data, Mapping):
+            return data
+        return {key: value for key, value in data.items()
+                if not (is_unset(value) and key in cls.model_fields
+                        and not cls.model_fields[key].is_required())}
+
+    @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
+        if not value:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises on a port out of range
+        except ValueError:
+            raise ValueError("not a URL") from None
+        if not parts.hostname or any(char <= " " or char == "\x7f" for char in value):
+            raise ValueError("not a URL")
         return value.rstrip("/")
 
     @field_validator("client_token_secret")
@@ -121,6 +160,48 @@ class Settings(BaseModel):
     def _redis_url(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("worker_token", "space_token", "hf_token", "api_keys")
+    @classmethod
+    def _header_safe(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        # Tokens travel in HTTP headers: visible ASCII only (anything else fails every call).
+        for item in (value,) if isinstance(value, str) else value:
+            if not all("!" <= char <= "~" for char in item):
+                raise ValueError("must be visible ASCII, without spaces")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("space_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if value and not _REPO_ID.fullmatch(value):
+            raise ValueError("must be owner/name")
+        return value
+
+    @field_validator("warm_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        # Imported here: router._schedule imports this module.
+        from router._schedule import Schedule
+
+        try:
+            Schedule.parse(value)
+        except ConfigError:
+            raise ValueError("not a keep-warm schedule") from None
+        return value
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _aliases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            name, _, target = item.partition("=")
+            if not name.strip() or target.strip() not in ("small", "llm"):
+                raise ValueError("entries must look like name=small or name=llm")
         return value
 
     @field_validator("route_task_words")
@@ -155,16 +236,12 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from an environment mapping; empty strings count as unset."""
+        """Build settings from an environment mapping; empty and `none` values count as unset."""
         fields = cls.model_fields
         raw = {name: env[name.upper()] for name in fields if env.get(name.upper(), "") != ""}
         try:
-            settings = cls.model_validate(raw)
+            return cls.model_validate(raw)
         except ValidationError as exc:
             # Name the variables only: their values may be secrets.
             names = sorted({str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]})
             raise ConfigError(f"invalid or missing settings: {', '.join(names)}") from None
-        for name, target in settings.aliases().items():
-            if not name or target not in ("small", "llm"):
-                raise ConfigError("MODEL_ALIASES entries must look like name=small or name=llm")
-        return settings

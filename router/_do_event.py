@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from router._config import Settings
-from router._errors import BadRequest, PayloadTooLarge, RouterError
+from router._errors import BadRequest, InternalError, PayloadTooLarge, RouterError
 from router._http_types import HttpRequest, HttpResponse
 from router._status import error_response
 
@@ -143,6 +143,13 @@ class WebFunction:
                 # A browser must be able to read why it was refused.
                 response.headers.update(router.cors.headers_for(_origin(event)))
             return to_do_response(response)
+        except Exception as exc:
+            # Every setting is validated by Settings, so this is a bug in building the router:
+            # still our JSON, never the platform's bare 502. Only the type is logged.
+            logging.getLogger("router.request").error(
+                "the router failed to start", extra={"fields": {"exc_type": type(exc).__name__}})
+            return to_do_response(error_response(InternalError(
+                "the router failed to start; see its logs", code="internal_error")))
         return to_do_response(router.handle(request, remaining_ms(context)))
 
 

@@ -1,4 +1,4 @@
-"""Keep-warm windows (`WARM_SCHEDULE`), the off-hours rule, and 5-field cron for the triggers.
+"""Keep-warm windows (`WARM_SCHEDULE`) and the off-hours rule (cron lives in router_tools/cron.py).
 
 A schedule is one or more rules separated by `;`, each `DAYS HH:MM-HH:MM [Area/City]`:
 
@@ -15,10 +15,9 @@ this module sits on the `ask` function's import path.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from router._config import Settings
@@ -173,119 +172,3 @@ class SpaceHours:
         if self.off_hours == "wake" or self.schedule.always:
             return True
         return self.schedule.is_open(self._clock())
-
-
-# --- 5-field cron, as DigitalOcean's scheduled triggers take it (evaluated in UTC) -----------
-
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES: tuple[dict[str, int], ...] = ({}, {}, {},
-               {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul",
-                                                "aug", "sep", "oct", "nov", "dec"))},
-               {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))})
-
-
-def _cron_value(text: str, field: int) -> int:
-    names: Mapping[str, int] = _CRON_NAMES[field]
-    if text.lower() in names:
-        return names[text.lower()]
-    if not text.isdigit():
-        raise ConfigError(f"cron: {text[:8]!r} is not a number")
-    low, high = _CRON_RANGES[field]
-    if not low <= int(text) <= high:
-        raise ConfigError(f"cron: {text} is out of range {low}-{high}")
-    return int(text)
-
-
-def _cron_field(text: str, field: int) -> frozenset[int]:
-    low, high = _CRON_RANGES[field]
-    values: set[int] = set()
-    for part in text.split(","):
-        base, sep, step_text = part.partition("/")
-        step = int(step_text) if sep and step_text.isdigit() and int(step_text) > 0 else 0
-        if sep and not step:
-            raise ConfigError(f"cron: bad step in {part[:16]!r}")
-        if base == "*":
-            first, last = low, high
-        elif "-" in base:
-            a, _, b = base.partition("-")
-            first, last = _cron_value(a, field), _cron_value(b, field)
-        else:
-            first = _cron_value(base, field)
-            last = high if sep else first
-        values.update(range(first, last + 1, step or 1))
-    if field == 4 and 7 in values:  # Sunday is 0 or 7
-        values = (values - {7}) | {0}
-    return frozenset(values)
-
-
-@dataclass(frozen=True, slots=True)
-class Cron:
-    """A parsed 5-field cron expression: minute hour day-of-month month day-of-week."""
-
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    any_day: bool
-    any_weekday: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Cron:
-        """Parse five whitespace-separated fields; raise ConfigError otherwise."""
-        fields = text.split()
-        if len(fields) != 5:
-            raise ConfigError(f"cron: expected 5 fields, got {len(fields)}")
-        minutes, hours, days, months, weekdays = (_cron_field(f, i) for i, f in enumerate(fields))
-        return cls(minutes, hours, days, months, weekdays, any_day=fields[2] == "*",
-                   any_weekday=fields[4] == "*")
-
-    def matches(self, at: datetime) -> bool:
-        """Whether the expression fires at this minute (Vixie cron's day-OR-weekday rule)."""
-        if at.minute not in self.minutes or at.hour not in self.hours \
-                or at.month not in self.months:
-            return False
-        day_ok = at.day in self.days
-        weekday_ok = (at.weekday() + 1) % 7 in self.weekdays
-        if self.any_day or self.any_weekday:
-            return day_ok and weekday_ok
-        return day_ok or weekday_ok
-
-    def runs_between(self, start: datetime, end: datetime) -> int:
-        """How many times it fires in [start, end), minute by minute (UTC)."""
-        at = start.astimezone(UTC).replace(second=0, microsecond=0)
-        count = 0
-        while at < end:
-            count += self.matches(at)
-            at += timedelta(minutes=1)
-        return count
-
-
-def project_triggers(project: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every (package/function, trigger) pair that a parsed project.yml declares."""
-    found: list[tuple[str, dict[str, Any]]] = []
-    for package in project.get("packages") or []:
-        for function in package.get("functions") or []:
-            for trigger in function.get("triggers") or []:
-                found.append((f"{package.get('name')}/{function.get('name')}", trigger))
-    return found
-
-
-def check_triggers(project: Mapping[str, Any], max_triggers: int = 3) -> list[str]:
-    """Problems with project.yml's scheduled triggers against DESIGN §2 (empty when fine)."""
-    problems: list[str] = []
-    triggers = project_triggers(project)
-    if len(triggers) > max_triggers:
-        problems.append(f"{len(triggers)} triggers; a namespace allows {max_triggers}")
-    for where, trigger in triggers:
-        name = trigger.get("name") or "?"
-        if trigger.get("sourceType") != "scheduler":
-            problems.append(f"{where} {name}: sourceType must be scheduler")
-        details = trigger.get("sourceDetails") or {}
-        try:
-            Cron.parse(str(details.get("cron", "")))
-        except ConfigError as exc:
-            problems.append(f"{where} {name}: {exc.message}")
-        if not isinstance(details.get("withBody", {}), dict):
-            problems.append(f"{where} {name}: withBody must be an object")
-    return problems

@@ -27,6 +27,7 @@ from router._config import Settings
 from router._errors import ConfigError
 from router._http_types import WARMUP_HEADER
 from router._schedule import Schedule, utc_now
+from router._status import status_for
 from router._wake import READY_STAGES, STARTING_STAGES, WAKE_STAGES, HubError, SpaceHub, wake_space
 
 log = logging.getLogger("router.warmup")
@@ -240,6 +241,9 @@ class WarmupFunction:
             warmup = self.warmup()
         except ConfigError as exc:
             log.error("warmup misconfigured", extra={"fields": {"code": exc.code}})
-            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            # The same error body as `ask`'s 503 (router/_status.py), inside the run's report.
+            status, kind = status_for(exc)
+            return {"ok": False, "status": status,
+                    "error": {"type": kind, "message": exc.message, "code": exc.code}}
         source = event.get("source") if isinstance(event, Mapping) else None
         return warmup.run(str(source)[:32] if source else "manual")

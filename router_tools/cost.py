@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from router._errors import ConfigError
-from router._schedule import Cron, Schedule
+from router._schedule import Schedule
+from router_tools.cron import Cron
 
 # huggingface.co/docs/hub/spaces-gpus, "Hourly Price" (USD).
 GPU_PRICE_PER_HOUR: dict[str, float] = {

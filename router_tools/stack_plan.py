@@ -164,7 +164,7 @@ def _server_env(base: Mapping[str, str], **values: str) -> dict[str, str]:
 
 def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None) -> Plan:
     """Check everything that can be checked before starting, then wire the four parts."""
-    from router._config import Settings
+    from router._config import Settings, is_unset
     from router._errors import ConfigError
 
     config = stack_config(env)
@@ -175,7 +175,8 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
     check_model(config.space_model_id, "STACK_SPACE_MODEL_ID")
     tokens = {name: secrets.token_urlsafe(24) for name in ("worker", "space")}
     tokens["hub"] = "hf_local_" + secrets.token_urlsafe(24)
-    origins = [o for o in env.get("CORS_ORIGINS", "").split(",") if o.strip()]
+    cors = env.get("CORS_ORIGINS", "")
+    origins = [] if is_unset(cors) else [o for o in cors.split(",") if o.strip()]
     base = dict(os.environ)
     # Validate the router's settings as the gateway will build them, before spending ports.
     probe = {**ROUTER_DEFAULTS, **env, "WORKER_URL": "http://127.0.0.1:1",
@@ -192,7 +193,7 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
     url = {part: f"http://{HOST}:{p}" for part, p in ports.items()}
     function_path = f"/api/v1/web/{config.namespace}/chat/ask"
     origins += [url["gateway"], f"http://localhost:{ports['gateway']}"]
-    router_env = {**base, **{k: v for k, v in ROUTER_DEFAULTS.items() if not env.get(k)},
+    router_env = {**base, **{k: v for k, v in ROUTER_DEFAULTS.items() if is_unset(env.get(k, ""))},
                   "WORKER_URL": url["worker"], "WORKER_TOKEN": tokens["worker"],
                   "SPACE_URL": url["edge"], "SPACE_TOKEN": tokens["space"],
                   "SPACE_ID": SPACE_ID, "HF_TOKEN": tokens["hub"], "HF_ENDPOINT": url["edge"],
@@ -225,6 +226,6 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
         "worker_token": tokens["worker"], "space_url": url["edge"],
         "space_app_url": url["space"], "space_token": tokens["space"],
         "space_id": SPACE_ID, "hub_endpoint": url["edge"], "hub_token": tokens["hub"],
-        "space_model": config.space_model_id, "api_keys": bool(env.get("API_KEYS")),
+        "space_model": config.space_model_id, "api_keys": not is_unset(env.get("API_KEYS", "")),
     }
     return Plan(config, ports, tokens, children, info)

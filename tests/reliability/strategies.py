@@ -47,6 +47,8 @@ message = st.one_of(
 )
 messages = st.one_of(st.lists(message, max_size=5), st.lists(message, min_size=65, max_size=70),
                      maybe)
+# Seeds at and past torch's 64-bit range (issue 11: 2**70 used to stop the model server).
+SEED_EDGES = [2**64 - 1, 2**64, 2**70, -(2**63), -(2**63) - 1, 10**30]
 tokens = st.one_of(st.integers(-3, 3000), st.sampled_from([2**31, 2**63, 10**30]), maybe)
 number = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), maybe)
 model = st.one_of(st.sampled_from(MODELS), WEIRD_TEXT, maybe)
@@ -56,7 +58,8 @@ chat_body = st.fixed_dictionaries({"messages": messages}, optional={
     "temperature": number, "top_p": number, "stream": st.one_of(st.booleans(), maybe),
     "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": maybe}), maybe),
     "stop": st.one_of(WEIRD_TEXT, st.lists(WEIRD_TEXT, max_size=5), maybe),
-    "seed": st.one_of(st.integers(), maybe), "n": st.one_of(st.integers(-1, 3), maybe),
+    "seed": st.one_of(st.integers(), st.sampled_from(SEED_EDGES), maybe),
+    "n": st.one_of(st.integers(-1, 3), maybe),
     "tools": maybe, "user": maybe,
 })
 inputs = st.one_of(WEIRD_TEXT, st.lists(WEIRD_TEXT, max_size=4), st.lists(st.integers()),

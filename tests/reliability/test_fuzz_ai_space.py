@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.reliability.conftest import AI_FUZZ_CASES, WORKER_API_TOKEN, Ledger, Results
 from tests.reliability.strategies import (
+    SEED_EDGES,
     WEIRD_TEXT,
     chat_body,
     dump,
@@ -82,3 +83,22 @@ def test_fuzz_model_server(client: httpx.Client, ledger: Ledger, results: Result
         assert response.headers["content-type"] == "application/json", response.text[:200]
         error = response.json()["error"]
         assert {"type", "message", "code"} <= set(error), error
+
+
+@pytest.mark.parametrize("seed", SEED_EDGES)
+def test_no_seed_stops_the_model_server(client: httpx.Client, ledger: Ledger, results: Results,
+                                        seed: int) -> None:
+    """GIVEN the worker WHEN a chat request carries a seed at or past torch's 64-bit range
+    THEN it is answered (200, or 400 past the range), and the next request and /health still
+    are: one request's seed never stops the batcher (issue 11, defect 1)."""
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answer = client.post("/v1/chat/completions", json={**chat, "seed": seed},
+                         headers={"authorization": f"Bearer {WORKER_API_TOKEN}"})
+    ledger.answer(answer.status_code, answer.headers, answer.content)
+    in_range = -(2**63) <= seed <= 2**64 - 1
+    assert answer.status_code == (200 if in_range else 400), answer.text[:300]
+    after = client.post("/v1/chat/completions", json=chat,
+                        headers={"authorization": f"Bearer {WORKER_API_TOKEN}"})
+    assert after.status_code == 200, after.text[:300]
+    assert client.get("/health").status_code == 200
+    results.bump("fuzz_ai_space", "bad_seeds")

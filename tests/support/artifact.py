@@ -10,13 +10,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Runs first in a bare interpreter (-S -I: no site-packages), as the runtime does: activate the
-# function's virtualenv and put the function folder on the path.
+# Runs first in a bare interpreter (-S -I: no site-packages), as the runtime's prelauncher does:
+# activate the function's virtualenv, then APPEND the function folder to the path.
 ACTIVATE = """
 import runpy, sys
 fn_dir = sys.argv[1]
 runpy.run_path(fn_dir + "/virtualenv/bin/activate_this.py")
-sys.path.insert(0, fn_dir)
+sys.path.append(fn_dir)
 """
 
 

@@ -10,7 +10,8 @@ import yaml
 
 from router._config import Settings
 from router._errors import ConfigError
-from router._schedule import Cron, Schedule, SpaceHours, check_triggers, project_triggers
+from router._schedule import Schedule, SpaceHours
+from router_tools.cron import Cron, check_triggers, project_triggers
 
 ROOT = Path(__file__).resolve().parents[3]
 
