@@ -38,7 +38,7 @@ BAD_ROWS = [
     ("BREAKER_COOLDOWN_S", "-1"), ("OFF_HOURS", "sometimes"), ("ROUTE_DEFAULT", "large"),
     ("WARM_SCHEDULE", "Mon-Fri 8-20 Mars/Olympus"), ("MODEL_ALIASES", "x=gpu"),
     ("SPACE_ID", "no/such/repo"), ("ASK_URL", "ftp://ask.internal"),
-    ("SPACE_SLEEP_TIME_S", "-9"), ("MAX_BODY_BYTES", "10"), ("BROWSER_NEEDS_KEY", "maybe"),
+    ("SPACE_SLEEP_TIME_S", "-9"), ("MAX_BODY_BYTES", "10"), ("CLIENT_TOKEN_MAX_TTL_S", "soon"),
     ("WORKER_URL", "worker.internal:8080"), ("WORKER_URL", "http://[::1"),
     ("WORKER_URL", "http://"), ("SPACE_URL", "http://space host"), ("SPACE_URL", "http://s:99999"),
     ("WORKER_TOKEN", "tok\u00e9n-with-accent"),
