@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from router._config import Settings
+from router._container import PerContainer
 from router._errors import BadRequest, InternalError, PayloadTooLarge, RouterError
 from router._http_types import HttpRequest, HttpResponse
 from router._status import error_response
@@ -97,37 +96,18 @@ class FunctionContext:
 
 
 class WebFunction:
-    """The `ask` function's per-container state: the router, built on the first call.
-
-    Held in a module global of the entry on purpose: containers are reused, and the clients,
-    breakers and wake cool-down must survive across warm invocations.
-    """
+    """The `ask` function's per-container state: the router, built on the first call."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self._env = env
-        self._lock = threading.Lock()
-        self._router: ChatRouter | None = None
-        self._settings: Settings | None = None
+        self._state: PerContainer[ChatRouter] = PerContainer(_build_router, env)
 
     def router(self) -> ChatRouter:
         """The ChatRouter, created once from the environment (the edge reads it, nobody else)."""
-        with self._lock:
-            if self._router is None:
-                from router._app import ChatRouter
-                from router._logs import configure
-
-                settings = Settings.from_env(self._env if self._env is not None else os.environ)
-                configure(settings)
-                self._settings = settings
-                self._router = ChatRouter(settings)
-            return self._router
+        return self._state.get()
 
     def close(self) -> None:
-        """Close the router's clients (tests and the gateway's shutdown; never needed on DO)."""
-        with self._lock:
-            if self._router is not None:
-                self._router.close()
-                self._router = None
+        """Close the router's clients (tests and the service's shutdown; never needed on DO)."""
+        self._state.close()
 
     def __call__(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         """Handle one invocation; always returns a response dict."""
@@ -151,6 +131,13 @@ class WebFunction:
             return to_do_response(error_response(InternalError(
                 "the router failed to start; see its logs", code="internal_error")))
         return to_do_response(router.handle(request, remaining_ms(context)))
+
+
+def _build_router(settings: Settings) -> ChatRouter:
+    # Imported here: the router is built on the first call, not at the entry's import.
+    from router._app import ChatRouter
+
+    return ChatRouter(settings)
 
 
 def _origin(event: Mapping[str, Any]) -> str:

@@ -13,8 +13,6 @@ Each scheduled run (DigitalOcean trigger, `web: false`):
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -24,6 +22,7 @@ import httpx
 
 from router._backends import backend_configs
 from router._config import Settings
+from router._container import PerContainer
 from router._errors import ConfigError
 from router._http_types import WARMUP_HEADER
 from router._schedule import Schedule, utc_now
@@ -210,30 +209,20 @@ class WarmupFunction:
 
     def __init__(self, env: Mapping[str, str] | None = None,
                  hub_factory: HubFactory = default_hub) -> None:
-        self._env = env
-        self._hub_factory = hub_factory
-        self._lock = threading.Lock()
-        self._warmup: Warmup | None = None
+        def build(settings: Settings) -> Warmup:
+            for noisy in ("httpx2", "httpcore2"):  # huggingface_hub's client logs URLs
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+            return Warmup(settings, hub=hub_factory(settings))
+
+        self._state: PerContainer[Warmup] = PerContainer(build, env)
 
     def warmup(self) -> Warmup:
         """The Warmup, built once from the environment (the edge reads it, nobody else)."""
-        with self._lock:
-            if self._warmup is None:
-                from router._logs import configure
-
-                settings = Settings.from_env(self._env if self._env is not None else os.environ)
-                configure(settings)
-                for noisy in ("httpx2", "httpcore2"):  # huggingface_hub's client logs URLs
-                    logging.getLogger(noisy).setLevel(logging.WARNING)
-                self._warmup = Warmup(settings, hub=self._hub_factory(settings))
-            return self._warmup
+        return self._state.get()
 
     def close(self) -> None:
         """Close the clients (tests; never needed on DigitalOcean)."""
-        with self._lock:
-            if self._warmup is not None:
-                self._warmup.close()
-                self._warmup = None
+        self._state.close()
 
     def __call__(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         """Run once; a configuration error becomes a report, never a traceback."""
