@@ -24,6 +24,7 @@ from router.errors import (
     BackendRejected,
     BackendTimeout,
     BackendUnavailable,
+    NoTimeLeft,
     SpaceSleeping,
     SpaceStarting,
 )
@@ -206,7 +207,7 @@ class Backend:
                 json_body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One attempt, bounded by `timeout_s` end to end, however the backend behaves."""
         if timeout_s <= 0:
-            raise BackendTimeout(f"{self.name}: no time left", backend=self.name, sent=False)
+            raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
         future = _POOL.submit(self._send, method, path, timeout_s, json_body)
         try:
             return future.result(timeout=timeout_s)

@@ -110,6 +110,10 @@ class BackendTimeout(BackendError):
     reason = "timeout"
 
 
+class NoTimeLeft(BackendTimeout):
+    """The attempt was never made: the deadline left it no time. Never the backend's fault."""
+
+
 class BackendUnavailable(BackendError):
     """Connection refused or reset, or a 5xx from the backend."""
 

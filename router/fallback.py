@@ -14,10 +14,12 @@ from router.deadline import Deadline
 from router.errors import (
     BackendError,
     BackendRejected,
+    BackendTimeout,
     BadRequest,
     CircuitOpen,
     DeadlineExceeded,
     NoBackend,
+    NoTimeLeft,
     SpaceSleeping,
     SpaceStarting,
 )
@@ -50,6 +52,18 @@ class Outcome:
     backend: BackendName
     fallback: str | None
     attempts: int
+
+
+def counts_against(exc: BackendError, deadline: Deadline) -> bool:
+    """Whether a failed attempt is evidence against the backend (for its breaker and a wake).
+
+    A timeout is not when the caller's own short deadline cut the attempt's budget, nor when
+    no time was left to make the attempt at all: otherwise any caller could open a healthy
+    backend's circuit for everyone.
+    """
+    if isinstance(exc, NoTimeLeft):
+        return False
+    return not (isinstance(exc, BackendTimeout) and deadline.shortened)
 
 
 class FallbackEngine:
@@ -88,14 +102,17 @@ class FallbackEngine:
                     if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
                         breaker.record_success()
                         raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
+                    reasons.append(exc.reason)
+                    if exc.retry_after_s is not None:
+                        retry_after = max(retry_after, exc.retry_after_s)
+                    if not counts_against(exc, deadline):
+                        breaker.release()
+                        continue
                     # A Space that says it is asleep or starting answers such probes in
                     # milliseconds, and comes back soon after a wake: probe it sooner.
                     not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
                     breaker.record_failure(
                         self.settings.space_probe_s if not_ready else None)
-                    reasons.append(exc.reason)
-                    if exc.retry_after_s is not None:
-                        retry_after = max(retry_after, exc.retry_after_s)
                     wake = wake or self._maybe_wake(name, exc.reason)
                     continue
                 attempts += tries[0]
