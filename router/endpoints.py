@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import time
 from array import array
@@ -12,7 +13,7 @@ from typing import Any
 from router.backends import BackendConfig, BackendName
 from router.config import Settings
 from router.deadline import Deadline
-from router.errors import BackendProtocolError, PayloadTooLarge
+from router.errors import AnswerTooLarge, BackendProtocolError, ResponseTooLarge
 from router.fallback import Call, FallbackEngine, Outcome
 from router.http_types import HttpRequest, HttpResponse
 from router.policy import Decision, Policy
@@ -34,6 +35,16 @@ from router.sse import completion_to_sse
 
 # DigitalOcean cuts web responses at 1 MB; refuse cleanly instead of being cut.
 MAX_RESPONSE_BYTES = 1_000_000
+# What SSE framing and our headers add to a completion's JSON, at most.
+FRAMING_BYTES = 4_096
+
+
+def require_fits(payload: dict[str, Any], backend: BackendName) -> None:
+    """An answer too large for the platform is the backend's failure: fall back."""
+    size = len(json.dumps(payload, separators=(",", ":")))
+    if size > MAX_RESPONSE_BYTES - FRAMING_BYTES:
+        raise ResponseTooLarge(f"{backend}: answer of {size} bytes is over the platform's limit",
+                               backend=backend)
 
 
 def require_choices(payload: dict[str, Any], backend: BackendName) -> None:
@@ -44,6 +55,7 @@ def require_choices(payload: dict[str, Any], backend: BackendName) -> None:
     message = choices[0].get("message")
     if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
         raise BackendProtocolError(f"{backend}: answer has no message", backend=backend)
+    require_fits(payload, backend)
 
 
 def require_embeddings(payload: dict[str, Any], backend: BackendName, count: int) -> None:
@@ -56,6 +68,7 @@ def require_embeddings(payload: dict[str, Any], backend: BackendName, count: int
     if len(data) != count:
         raise BackendProtocolError(f"{backend}: {len(data)} embeddings for {count} inputs",
                                    backend=backend)
+    require_fits(payload, backend)
 
 
 def outcome_headers(outcome: Outcome, decision: Decision | None) -> dict[str, str]:
@@ -80,8 +93,7 @@ def _b64_floats(vector: list[float]) -> str:
 def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
     response = HttpResponse.json(status, data, headers)
     if len(response.body) > MAX_RESPONSE_BYTES:
-        raise PayloadTooLarge("the answer would exceed the platform's 1 MB limit",
-                              code="response_too_large")
+        raise AnswerTooLarge("the answer would exceed the platform's 1 MB limit")
     return response
 
 
@@ -128,8 +140,7 @@ class Endpoints:
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         body = completion_to_sse(outcome.payload, include_usage=include_usage)
         if len(body) > MAX_RESPONSE_BYTES:  # the same 1 MB cap as every JSON answer
-            raise PayloadTooLarge("the answer would exceed the platform's 1 MB limit",
-                                  code="response_too_large")
+            raise AnswerTooLarge("the answer would exceed the platform's 1 MB limit")
         return HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
                                         "cache-control": "no-cache"})
 

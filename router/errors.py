@@ -150,6 +150,19 @@ class BackendProtocolError(BackendError):
     reason = "error"
 
 
+class ResponseTooLarge(BackendProtocolError):
+    """The backend's answer would not fit the platform's response limit."""
+
+    code = "response_too_large"
+
+
+class AnswerTooLarge(RouterError):
+    """Every backend that answered gave an answer too large to send: a 502, not the caller's
+    fault (413 would say that its request was too large)."""
+
+    code = "response_too_large"
+
+
 class CircuitOpen(BackendError):
     """The backend failed repeatedly and is skipped until its cool-down ends."""
 

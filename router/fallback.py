@@ -12,6 +12,7 @@ from router.breaker import CircuitBreaker
 from router.config import Settings
 from router.deadline import Deadline
 from router.errors import (
+    AnswerTooLarge,
     BackendError,
     BackendRejected,
     BackendTimeout,
@@ -20,6 +21,7 @@ from router.errors import (
     DeadlineExceeded,
     NoBackend,
     NoTimeLeft,
+    ResponseTooLarge,
     SpaceSleeping,
     SpaceStarting,
 )
@@ -84,6 +86,7 @@ class FallbackEngine:
         attempts = 0
         wake: threading.Thread | None = None
         retry_after = 0.0
+        too_large = False
         try:
             for index, name in enumerate(order):
                 backend = self.backends[name]
@@ -103,6 +106,7 @@ class FallbackEngine:
                         breaker.record_success()
                         raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
                     reasons.append(exc.reason)
+                    too_large = isinstance(exc, ResponseTooLarge)
                     if exc.retry_after_s is not None:
                         retry_after = max(retry_after, exc.retry_after_s)
                     if not counts_against(exc, deadline):
@@ -118,6 +122,8 @@ class FallbackEngine:
                 attempts += tries[0]
                 breaker.record_success()
                 return Outcome(payload, name, reasons[0] if reasons else None, attempts)
+            if too_large:
+                raise AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
             if deadline.expired():
                 raise DeadlineExceeded("no backend answered before the deadline",
                                        reasons=tuple(reasons))

@@ -190,7 +190,7 @@ def test_request_size_limits(make_main: Callable[[dict[str, str]], Main], env: d
     finally:
         gw.stop()
     results.add("security", "size_limits", "413 over MAX_BODY_BYTES (plain, base64), "
-                "over 1 MB at the gateway, over 1 MB answers (streamed or not)")
+                "over 1 MB at the gateway; over 1 MB answers fall back, or 502 (streamed or not)")
 
 
 @pytest.mark.slow
