@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router.backends import POOL_WORKERS
-
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
@@ -113,8 +111,8 @@ def render(data: dict[str, Any], wall_s: float | None, passed: bool) -> str:
                 f"| open sockets before / after | {load['sockets_before']} / "
                 f"{load['sockets_after']} |",
                 f"| threads before / after | {load['threads_before']} / "
-                f"{load['threads_after']} (plus the router's attempt pool, bounded at "
-                f"{POOL_WORKERS}: {load.get('pool_threads', '?')}) |"]
+                f"{load['threads_after']} (plus the router's one event-loop thread: "
+                f"{load.get('pool_threads', '?')}) |"]
     fuzz, ai, schema = (data.get("fuzz_router", {}), data.get("fuzz_ai_space", {}),
                         data.get("schemathesis", {}))
     sec, secrets = data.get("security", {}), data.get("secrets", {})

@@ -6,7 +6,7 @@ nowhere else. Retries live in `retry.py`; httpx's own transport retries stay at 
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import functools
 import json
 import socket
@@ -38,13 +38,9 @@ MAX_ANSWER_BYTES = 2 * 1024 * 1024
 # for the server's delayed ACK.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
-# Each attempt runs on this pool so that the caller can stop waiting at the deadline even when a
-# backend drips bytes slowly enough to dodge httpx's per-read timeout. Per container, on purpose.
-# On DigitalOcean one request runs at a time; the gateway (an App Platform service) runs many.
-# 64 workers measured no better than 16 under 200 concurrent requests on 2 cores.
-POOL_WORKERS = 16
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=POOL_WORKERS,
-                                              thread_name_prefix="backend")
+# Connections per backend: the function runs one request at a time, the service many.
+POOL_CONNECTIONS = 256
+POOL_KEEPALIVE = 64
 
 # (error class, sent?, retryable?). Looked up along the MRO, so a
 # subclass httpx adds later still lands on its parent's row; a test pins full coverage.
@@ -185,44 +181,49 @@ def backend_configs(settings: Settings) -> dict[BackendName, BackendConfig]:
 
 
 class Backend:
-    """One backend: a pooled httpx client reused across warm invocations."""
+    """One backend: a pooled async httpx client reused across warm invocations."""
 
     def __init__(self, config: BackendConfig, *, connect_timeout_s: float,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout_s = connect_timeout_s
-        self.client = httpx.Client(
+        self.client = httpx.AsyncClient(
             base_url=config.base_url,
             headers={"user-agent": "chat-router/0.1", **config.headers},
-            transport=transport or httpx.HTTPTransport(retries=0, socket_options=NODELAY,
-                                                       verify=shared_tls()),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8,
-                                keepalive_expiry=30.0),
+            transport=transport or httpx.AsyncHTTPTransport(retries=0, socket_options=NODELAY,
+                                                            verify=shared_tls()),
+            limits=httpx.Limits(max_connections=POOL_CONNECTIONS,
+                                max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
         )
 
-    def request(self, method: str, path: str, *, timeout_s: float,
-                json_body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One attempt, bounded by `timeout_s` end to end, however the backend behaves."""
+    async def request(self, method: str, path: str, *, timeout_s: float,
+                      json_body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One attempt, bounded by `timeout_s` end to end, however the backend behaves.
+
+        The whole attempt is cancelled at its end (a backend dripping bytes inside httpx's
+        per-read timeout is dropped too), and it counts as sent only if its request left.
+        """
         if timeout_s <= 0:
             raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
-        future = _POOL.submit(self._send, method, path, timeout_s, json_body)
+        sent = SentFlag()
         try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
+            async with asyncio.timeout(timeout_s):
+                return await self._send(method, path, timeout_s, json_body, sent)
+        except TimeoutError:
             raise BackendTimeout(f"{self.name}: no answer in {timeout_s:.2f}s",
-                                 backend=self.name, sent=True) from None
+                                 backend=self.name, sent=sent.sent) from None
 
-    def _send(self, method: str, path: str, timeout_s: float,
-              json_body: dict[str, Any] | None) -> dict[str, Any]:
+    async def _send(self, method: str, path: str, timeout_s: float,
+                    json_body: dict[str, Any] | None, sent: SentFlag) -> dict[str, Any]:
         timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
         try:
-            with self.client.stream(method, path, json=json_body, timeout=timeout) as response:
+            async with self.client.stream(method, path, json=json_body, timeout=timeout,
+                                          extensions={"trace": sent.trace}) as response:
                 body = bytearray()
-                for chunk in response.iter_bytes():
+                async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_ANSWER_BYTES:
                         # A 128 MB function must not hold whatever a broken backend sends.
@@ -235,8 +236,21 @@ class Backend:
         return classify_response(httpx.Response(response.status_code, headers=headers,
                                                 content=bytes(body)), self.name)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the pooled connections."""
-        self.client.close()
+        await self.client.aclose()
 
 
+class SentFlag:
+    """Set once httpcore starts writing the request: before that, the backend cannot have
+    run it, so a timeout then (waiting for a pooled connection, say) may be retried."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook."""
+        if event.startswith(("http11.send_request_headers", "http2.send_request_headers")):
+            self.sent = True

@@ -113,7 +113,7 @@ class Endpoints:
             return ["worker"]
         return ["space", "worker"] if first == "space" else ["worker", "space"]
 
-    def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
+    async def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
         check_messages(request.messages, self.settings)
         max_tokens = clamp_tokens(request.wanted_tokens(), self.settings)
         decision = self.policy.decide(request.model, request.messages, request.wanted_tokens())
@@ -124,16 +124,16 @@ class Endpoints:
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
                     check=require_choices)
         order = self._order(decision.target)
-        outcome = self.engine.run(order, call, deadline)
+        outcome = await self.engine.run(order, call, deadline)
         if decision.target == "space" and order == ["worker"] and self.has_space \
                 and not outcome.fallback:
             outcome = replace(outcome, fallback="off_hours")  # answered by the worker on purpose
         return outcome, decision
 
-    def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
         chat = validate(ChatRequest, parse_json(request.body))
-        outcome, decision = self._chat(chat, deadline)
+        outcome, decision = await self._chat(chat, deadline)
         headers = outcome_headers(outcome, decision)
         if not chat.stream:
             return _json(200, outcome.payload, headers)
@@ -144,7 +144,7 @@ class Endpoints:
         return HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
                                         "cache-control": "no-cache"})
 
-    def _embed(self, inputs: list[str], deadline: Deadline) -> Outcome:
+    async def _embed(self, inputs: list[str], deadline: Deadline) -> Outcome:
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return {"model": config.model, "input": inputs}
 
@@ -153,19 +153,19 @@ class Endpoints:
 
         call = Call("POST", "/v1/embeddings", body_for, idempotent=True, check=check)
         # Only the worker serves embeddings: the Space runs the LLM alone.
-        return self.engine.run(["worker"], call, deadline)
+        return await self.engine.run(["worker"], call, deadline)
 
-    def embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/embeddings."""
         body = validate(EmbeddingsRequest, parse_json(request.body))
-        outcome = self._embed(check_inputs(body.input, self.settings), deadline)
+        outcome = await self._embed(check_inputs(body.input, self.settings), deadline)
         payload = outcome.payload
         if body.encoding_format == "base64":
             payload = {**payload, "data": [{**item, "embedding": _b64_floats(item["embedding"])}
                                            for item in payload["data"]]}
         return _json(200, payload, outcome_headers(outcome, None))
 
-    def models(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def models(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """GET /v1/models: every name a caller may send, and what serves it."""
         served = {"worker": "worker", "space": "space" if self.has_space else "worker"}
         data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "chat-router",
@@ -175,41 +175,41 @@ class Endpoints:
                  for name, target in sorted(self.policy.known_models().items())]
         return _json(200, {"object": "list", "data": data}, {})
 
-    def _ai_chat(self, messages: list[ChatMessage], system_prompt: str | None,
+    async def _ai_chat(self, messages: list[ChatMessage], system_prompt: str | None,
                  max_length: int | None, temperature: float | None, model: str,
                  deadline: Deadline) -> tuple[str, Outcome, Decision]:
         if system_prompt and not any(m.role == "system" for m in messages):
             messages = [ChatMessage(role="system", content=system_prompt), *messages]
         chat = ChatRequest(model=model, messages=messages, max_tokens=max_length,
                            temperature=temperature)
-        outcome, decision = self._chat(chat, deadline)
+        outcome, decision = await self._chat(chat, deadline)
         content = outcome.payload["choices"][0]["message"].get("content") or ""
         return content, outcome, decision
 
-    def ai_chat(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def ai_chat(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /ai/chat: `{messages, max_length, temperature, system_prompt}`."""
         started = time.monotonic()
         body = validate(AiChatRequest, parse_json(request.body))
-        text, outcome, decision = self._ai_chat(body.messages, body.system_prompt,
+        text, outcome, decision = await self._ai_chat(body.messages, body.system_prompt,
                                                 body.max_length, body.temperature, body.model,
                                                 deadline)
         return _json(200, {"response": text, **self._meta(outcome, started)},
                      outcome_headers(outcome, decision))
 
-    def ai_generate(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def ai_generate(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /ai/generate: `{prompt, max_length, temperature, system_prompt}`."""
         started = time.monotonic()
         body = validate(AiGenerateRequest, parse_json(request.body))
         messages = [ChatMessage(role="user", content=body.prompt)]
-        text, outcome, decision = self._ai_chat(messages, body.system_prompt, body.max_length,
+        text, outcome, decision = await self._ai_chat(messages, body.system_prompt, body.max_length,
                                                 body.temperature, body.model, deadline)
         return _json(200, {"text": text, **self._meta(outcome, started)},
                      outcome_headers(outcome, decision))
 
-    def ai_embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def ai_embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /ai/embeddings: `{text}` -> `{embedding, dimensions, method}`."""
         body = validate(AiEmbeddingsRequest, parse_json(request.body))
-        outcome = self._embed(check_inputs(body.text, self.settings), deadline)
+        outcome = await self._embed(check_inputs(body.text, self.settings), deadline)
         vectors = [item["embedding"] for item in outcome.payload["data"]]
         embedding = vectors[0] if isinstance(body.text, str) else vectors
         return _json(200, {"embedding": embedding, "dimensions": len(vectors[0]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,84 +80,84 @@ class FallbackEngine:
                                               settings.breaker_cooldown_s)
                          for name in backends}
 
-    def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline) -> Outcome:
-        """Serve `call` from the first backend in `order` that answers within the deadline."""
+    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline
+                  ) -> Outcome:
+        """Serve `call` from the first backend in `order` that answers within the deadline.
+
+        A wake of the Space runs on its own thread and is never awaited here: the answer does
+        not wait for the Hub (the function's edge gives it a bounded moment to leave).
+        """
         reasons: list[str] = []
         attempts = 0
-        wake: threading.Thread | None = None
         retry_after = 0.0
         too_large = False
-        try:
-            for index, name in enumerate(order):
-                backend = self.backends[name]
-                breaker = self.breakers[name]
-                if not breaker.allow():
-                    reasons.append(CircuitOpen.reason)
-                    retry_after = max(retry_after, breaker.retry_after_s())
-                    wake = wake or self._maybe_wake(name, CircuitOpen.reason)
-                    continue
-                is_last = index == len(order) - 1
-                tries = [0]
-                try:
-                    payload = self._attempt(backend, call, deadline, is_last, tries)
-                except BackendError as exc:
-                    attempts += tries[0]
-                    if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
-                        breaker.record_success()
-                        raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
-                    reasons.append(exc.reason)
-                    too_large = isinstance(exc, ResponseTooLarge)
-                    if exc.retry_after_s is not None:
-                        retry_after = max(retry_after, exc.retry_after_s)
-                    if not counts_against(exc, deadline):
-                        breaker.release()
-                        continue
-                    # A Space that says it is asleep or starting answers such probes in
-                    # milliseconds, and comes back soon after a wake: probe it sooner.
-                    not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
-                    breaker.record_failure(
-                        self.settings.space_probe_s if not_ready else None)
-                    wake = wake or self._maybe_wake(name, exc.reason)
-                    continue
+        for index, name in enumerate(order):
+            backend = self.backends[name]
+            breaker = self.breakers[name]
+            if not breaker.allow():
+                reasons.append(CircuitOpen.reason)
+                retry_after = max(retry_after, breaker.retry_after_s())
+                self._maybe_wake(name, CircuitOpen.reason)
+                continue
+            is_last = index == len(order) - 1
+            tries = [0]
+            try:
+                payload = await self._attempt(backend, call, deadline, is_last, tries)
+            except asyncio.CancelledError:
+                breaker.release()  # the caller went away: no verdict on the backend
+                raise
+            except BackendError as exc:
                 attempts += tries[0]
-                breaker.record_success()
-                return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-            if too_large:
-                raise AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
-            if deadline.expired():
-                raise DeadlineExceeded("no backend answered before the deadline",
-                                       reasons=tuple(reasons))
-            raise NoBackend("no backend is available right now",
-                            retry_after_s=max(1, round(retry_after or 5)),
-                            reasons=tuple(reasons))
-        finally:
-            if wake is not None:
-                # Give the wake call a moment to leave before the platform freezes the container;
-                # it started before the fallback, so this rarely waits at all.
-                wake.join(min(self.settings.wake_grace_ms / 1000.0, deadline.remaining()))
+                if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
+                    breaker.record_success()
+                    raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
+                reasons.append(exc.reason)
+                too_large = isinstance(exc, ResponseTooLarge)
+                if exc.retry_after_s is not None:
+                    retry_after = max(retry_after, exc.retry_after_s)
+                if not counts_against(exc, deadline):
+                    breaker.release()
+                    continue
+                # A Space that says it is asleep or starting answers such probes in
+                # milliseconds, and comes back soon after a wake: probe it sooner.
+                not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
+                breaker.record_failure(
+                    self.settings.space_probe_s if not_ready else None)
+                self._maybe_wake(name, exc.reason)
+                continue
+            attempts += tries[0]
+            breaker.record_success()
+            return Outcome(payload, name, reasons[0] if reasons else None, attempts)
+        if too_large:
+            raise AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
+        if deadline.expired():
+            raise DeadlineExceeded("no backend answered before the deadline",
+                                   reasons=tuple(reasons))
+        raise NoBackend("no backend is available right now",
+                        retry_after_s=max(1, round(retry_after or 5)),
+                        reasons=tuple(reasons))
 
-    def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
-                 tries: list[int]) -> dict[str, Any]:
+    async def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
+                       tries: list[int]) -> dict[str, Any]:
         # Keep time for the next backend, but never more than half of what is left.
         reserve = 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
                                            deadline.remaining() / 2)
         body = call.body_for(backend.config)
 
-        def once(timeout_s: float) -> dict[str, Any]:
+        async def once(timeout_s: float) -> dict[str, Any]:
             tries[0] += 1
-            payload = backend.request(call.method, call.path, timeout_s=timeout_s,
-                                      json_body=body)
+            payload = await backend.request(call.method, call.path, timeout_s=timeout_s,
+                                            json_body=body)
             call.check(payload, backend.name)
             return payload
 
-        return call_with_retries(once, budget_end=deadline.end - reserve,
+        return await call_with_retries(once, budget_end=deadline.end - reserve,
                                  attempts=self.settings.retry_attempts,
                                  idempotent=call.idempotent)
 
-    def _maybe_wake(self, name: BackendName, reason: str) -> threading.Thread | None:
-        if name != "space" or reason not in WAKE_REASONS:
-            return None
-        return self.waker.request(reason)
+    def _maybe_wake(self, name: BackendName, reason: str) -> None:
+        if name == "space" and reason in WAKE_REASONS:
+            self.waker.request(reason)
 
     def breaker_states(self) -> dict[str, str]:
         """Each backend's circuit state, for `/health`."""

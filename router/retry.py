@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from router.errors import BackendError
 
@@ -60,10 +60,11 @@ def _wait(state: RetryCallState) -> float:
     return random.uniform(0.0, ceiling)
 
 
-def call_with_retries(fn: Callable[[float], T], *, budget_end: float, attempts: int,
-                      idempotent: bool, clock: Callable[[], float] = time.monotonic,
-                      on_retry: Callable[[Attempt], None] | None = None) -> T:
-    """Call `fn(timeout_s)` until it succeeds, a non-retryable error, `attempts`, or the budget.
+async def call_with_retries(fn: Callable[[float], Awaitable[T]], *, budget_end: float,
+                            attempts: int, idempotent: bool,
+                            clock: Callable[[], float] = time.monotonic,
+                            on_retry: Callable[[Attempt], None] | None = None) -> T:
+    """Await `fn(timeout_s)` until it succeeds, a non-retryable error, `attempts`, or the budget.
 
     `fn` receives the seconds left before `budget_end`; waits never run past it either.
     """
@@ -80,11 +81,14 @@ def call_with_retries(fn: Callable[[float], T], *, budget_end: float, attempts: 
         if on_retry is not None and isinstance(exc, BackendError):
             on_retry(Attempt(state.attempt_number, exc, state.upcoming_sleep))
 
-    retrying = Retrying(
+    retrying = AsyncRetrying(
         retry=retry_if_exception(_should_retry(idempotent)),
         wait=_wait,
         stop=stop,
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(lambda: fn(budget_end - clock()))
+    async def attempt() -> T:
+        return await fn(budget_end - clock())
+
+    return await retrying(attempt)

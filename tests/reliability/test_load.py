@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from router.backends import POOL_WORKERS
 from router.gateway import Gateway
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
@@ -49,18 +48,18 @@ def open_sockets() -> int:
     return count
 
 
-POOL_PREFIX = "backend"  # router/backends.py's attempt pool: per process, bounded, kept warm
-POOL_MAX = POOL_WORKERS
+POOL_PREFIX = "router-loop"  # router/event_loop.py: one loop thread per container, kept warm
+POOL_MAX = 1
 
 
 def threads() -> int:
-    """Python threads alive in this process, but for the router's bounded attempt pool (its
-    threads live as long as the process, by design, and only grow up to POOL_MAX)."""
+    """Python threads alive in this process, but for the router's event-loop thread (it lives
+    as long as the container, by design: one, POOL_MAX)."""
     return sum(1 for t in threading.enumerate() if not t.name.startswith(POOL_PREFIX))
 
 
 def pool_threads() -> int:
-    """Threads of the router's attempt pool."""
+    """The router's event-loop threads."""
     return sum(1 for t in threading.enumerate() if t.name.startswith(POOL_PREFIX))
 
 

@@ -214,10 +214,10 @@ def test_an_oversized_backend_answer_is_refused_while_reading(make_main, fast_en
     assert result["headers"]["x-chat-fallback"] == "error"
 
 
-class _BrokenTransport(httpx.BaseTransport):
+class _BrokenTransport(httpx.AsyncBaseTransport):
     """A transport that fails the way no httpx error does (a bug below us)."""
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         raise RuntimeError("http://secret-backend.invalid exploded")
 
 
