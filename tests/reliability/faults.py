@@ -50,6 +50,8 @@ FAULTS = [
     Fault("JSON without choices", "no_choices", "error", "error"),
     Fault("wrong content type", "wrong_ctype", "error", "error"),
     Fault("truncated SSE stream", "sse_truncated", "error", "error"),
+    Fault("drip-feeding bytes", "drip", "timeout", "timeout", delay_s=20.0),
+    Fault("answer over 1 MB", "huge", "error", "error"),
 ]
 
 
