@@ -25,7 +25,8 @@ from bench.alternatives import (
 )
 from bench.common import pct
 from router.do_event import FunctionContext
-from router.gateway import Gateway, load_entry
+from router.gateway import load_entry
+from router.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer
 
@@ -60,7 +61,7 @@ def warm(requests: int, *, alternatives: bool = True) -> tuple[Figures, dict[str
                            "LOG_LEVEL": "WARNING"})
         main = load_entry()
         stack.callback(main.__globals__["FUNCTION"].close)
-        gateway = Gateway(main, namespace="bench", port=0).start()
+        gateway = Service(main.__globals__["FUNCTION"], namespace="bench", port=0).start()
         stack.callback(gateway.stop)
         event: dict[str, Any] = {"http": {"method": "POST", "path": "/v1/chat/completions",
                                           "headers": {"content-type": "application/json"},

@@ -7,10 +7,12 @@ nowhere else. Retries live in `retry.py`; httpx's own transport retries stay at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from router.errors import (
     SpaceSleeping,
     SpaceStarting,
 )
+from router.stream_read import StreamLimits, completion_from_sse, read_chunks
 
 BackendName = Literal["worker", "space"]
 
@@ -123,6 +126,9 @@ def classify_response(response: httpx.Response, backend: BackendName) -> dict[st
     if status >= 400:
         raise BackendRejected(f"{backend}: rejected (HTTP {status})", backend=backend,
                               sent=True, status=status)
+    if status == 200 and "event-stream" in ctype:
+        # A backend that streamed although asked not to: the same checks as a relayed stream.
+        return completion_from_sse(body, backend)
     if status != 200 or "json" not in ctype:
         raise BackendProtocolError(f"{backend}: unexpected answer (HTTP {status}, not JSON)",
                                    backend=backend, status=status)
@@ -236,9 +242,90 @@ class Backend:
         return classify_response(httpx.Response(response.status_code, headers=headers,
                                                 content=bytes(body)), self.name)
 
+    async def open_stream(self, method: str, path: str, *, timeout_s: float,
+                          first_token_s: float, json_body: dict[str, Any]) -> OpenStream:
+        """Send a `stream: true` request and return once its headers are in: an `OpenStream`,
+        or the error its status means. Headers must come within the first-token limit."""
+        if timeout_s <= 0:
+            raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
+        sent = SentFlag()
+        stack = contextlib.AsyncExitStack()
+        timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+        try:
+            async with asyncio.timeout(min(timeout_s, first_token_s)):
+                response = await stack.enter_async_context(self.client.stream(
+                    method, path, json=json_body, timeout=timeout,
+                    extensions={"trace": sent.trace}))
+                if response.status_code == 200 and "event-stream" in \
+                        response.headers.get("content-type", "").lower():
+                    return OpenStream(self.name, response, stack)
+                body = await _read_capped(response, self.name)
+        except TimeoutError:
+            await stack.aclose()
+            raise BackendTimeout(f"{self.name}: no stream headers in time", backend=self.name,
+                                 sent=sent.sent) from None
+        except httpx.HTTPError as exc:
+            await stack.aclose()
+            raise translate_httpx_error(exc, self.name) from None
+        except BaseException:
+            await stack.aclose()
+            raise
+        await stack.aclose()
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
+        payload = classify_response(httpx.Response(response.status_code, headers=headers,
+                                                   content=body), self.name)
+        # A backend that ignored `stream: true` and answered JSON: relay it as one stream.
+        return OpenStream(self.name, None, stack, payload)
+
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self.client.aclose()
+
+
+async def _read_capped(response: httpx.Response, name: str) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise BackendProtocolError(f"{name}: answer over {MAX_ANSWER_BYTES} bytes",
+                                       backend=name)
+    return bytes(body)
+
+
+class OpenStream:
+    """A backend's stream whose headers have arrived; `chunks` reads and checks the rest."""
+
+    def __init__(self, name: BackendName, response: httpx.Response | None,
+                 stack: contextlib.AsyncExitStack, payload: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.response = response
+        self.payload = payload
+        self._stack = stack
+
+    async def _bytes(self) -> AsyncIterator[bytes]:
+        assert self.response is not None
+        try:
+            async for data in self.response.aiter_bytes():
+                yield data
+        except httpx.HTTPError as exc:
+            raise translate_httpx_error(exc, self.name) from None
+
+    async def chunks(self, limits: StreamLimits, *, started: float, end: float
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """The checked chunks (see `stream_read.read_chunks`)."""
+        if self.payload is not None:
+            from router.stream_read import chunks_of_completion
+
+            for chunk in chunks_of_completion(self.payload):
+                yield chunk
+            return
+        async for chunk in read_chunks(self._bytes(), self.name, limits, started=started,
+                                       end=end):
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the response (and so hang up on a backend still sending)."""
+        await self._stack.aclose()
 
 
 class SentFlag:

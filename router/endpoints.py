@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,8 @@ from router.schema import (
     validate,
 )
 from router.sse import completion_to_sse
+from router.stream_out import STREAMING, relay
+from router.streaming import StreamFacts, StreamRun
 
 # DigitalOcean cuts web responses at 1 MB; refuse cleanly instead of being cut.
 MAX_RESPONSE_BYTES = 1_000_000
@@ -113,7 +116,8 @@ class Endpoints:
             return ["worker"]
         return ["space", "worker"] if first == "space" else ["worker", "space"]
 
-    async def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
+    def _plan(self, request: ChatRequest) -> tuple[Decision, list[BackendName],
+                                                    Callable[[BackendConfig], dict[str, Any]]]:
         check_messages(request.messages, self.settings)
         max_tokens = clamp_tokens(request.wanted_tokens(), self.settings)
         decision = self.policy.decide(request.model, request.messages, request.wanted_tokens())
@@ -121,18 +125,40 @@ class Endpoints:
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return request.upstream_body(config.model, max_tokens)
 
+        return decision, self._order(decision.target), body_for
+
+    def _off_hours(self, decision: Decision, order: list[BackendName]) -> bool:
+        # Answered by the worker on purpose: the Space is left asleep outside its hours.
+        return decision.target == "space" and order == ["worker"] and self.has_space
+
+    async def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
+        decision, order, body_for = self._plan(request)
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
                     check=require_choices)
-        order = self._order(decision.target)
         outcome = await self.engine.run(order, call, deadline)
-        if decision.target == "space" and order == ["worker"] and self.has_space \
-                and not outcome.fallback:
-            outcome = replace(outcome, fallback="off_hours")  # answered by the worker on purpose
+        if self._off_hours(decision, order) and not outcome.fallback:
+            outcome = replace(outcome, fallback="off_hours")
         return outcome, decision
+
+    async def _chat_stream(self, request: ChatRequest, deadline: Deadline) -> HttpResponse:
+        decision, order, body_for = self._plan(request)
+        facts = StreamFacts(route=decision.target)
+        run = StreamRun(self.engine, order, body_for, deadline, facts)
+        chunks = run.chunks()
+        first = await anext(chunks)  # a failure before any chunk is an ordinary error answer
+        if self._off_hours(decision, order) and not facts.fallback:
+            facts.fallback = "off_hours"
+        headers = outcome_headers(Outcome({}, facts.backend,  # type: ignore[arg-type]
+                                          facts.fallback, facts.attempts), decision)
+        return HttpResponse(200, "", {**headers, "content-type": "text/event-stream",
+                                      "cache-control": "no-cache"},
+                            stream=relay(first, chunks, facts))
 
     async def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
         chat = validate(ChatRequest, parse_json(request.body))
+        if chat.stream and STREAMING.get():
+            return await self._chat_stream(chat, deadline)
         outcome, decision = await self._chat(chat, deadline)
         headers = outcome_headers(outcome, decision)
         if not chat.stream:

@@ -22,6 +22,7 @@ from router.errors import (
     NoBackend,
     NoTimeLeft,
     ResponseTooLarge,
+    RouterError,
     SpaceSleeping,
     SpaceStarting,
 )
@@ -68,6 +69,17 @@ def counts_against(exc: BackendError, deadline: Deadline) -> bool:
     return not (isinstance(exc, BackendTimeout) and deadline.shortened)
 
 
+def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
+              too_large: bool = False) -> RouterError:
+    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After."""
+    if too_large:
+        return AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
+    if deadline.expired():
+        return DeadlineExceeded("no backend answered before the deadline", reasons=tuple(reasons))
+    return NoBackend("no backend is available right now",
+                     retry_after_s=max(1, round(retry_after or 5)), reasons=tuple(reasons))
+
+
 class FallbackEngine:
     """Per-container: the backends, their breakers and the wake path."""
 
@@ -94,10 +106,10 @@ class FallbackEngine:
         for index, name in enumerate(order):
             backend = self.backends[name]
             breaker = self.breakers[name]
-            if not breaker.allow():
+            wait_s = self.skip_open(name)
+            if wait_s is not None:
                 reasons.append(CircuitOpen.reason)
-                retry_after = max(retry_after, breaker.retry_after_s())
-                self._maybe_wake(name, CircuitOpen.reason)
+                retry_after = max(retry_after, wait_s)
                 continue
             is_last = index == len(order) - 1
             tries = [0]
@@ -115,33 +127,43 @@ class FallbackEngine:
                 too_large = isinstance(exc, ResponseTooLarge)
                 if exc.retry_after_s is not None:
                     retry_after = max(retry_after, exc.retry_after_s)
-                if not counts_against(exc, deadline):
-                    breaker.release()
-                    continue
-                # A Space that says it is asleep or starting answers such probes in
-                # milliseconds, and comes back soon after a wake: probe it sooner.
-                not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
-                breaker.record_failure(
-                    self.settings.space_probe_s if not_ready else None)
-                self._maybe_wake(name, exc.reason)
+                self.note_failure(name, exc, deadline)
                 continue
             attempts += tries[0]
             breaker.record_success()
             return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-        if too_large:
-            raise AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
-        if deadline.expired():
-            raise DeadlineExceeded("no backend answered before the deadline",
-                                   reasons=tuple(reasons))
-        raise NoBackend("no backend is available right now",
-                        retry_after_s=max(1, round(retry_after or 5)),
-                        reasons=tuple(reasons))
+        raise no_answer(reasons, retry_after, deadline, too_large=too_large)
+
+    def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
+        """A failed attempt: count it on the backend's breaker (if it is evidence against the
+        backend) and ask the Space to wake when the failure says it is not running."""
+        breaker = self.breakers[name]
+        if not counts_against(exc, deadline):
+            breaker.release()
+            return
+        # A Space that says it is asleep or starting answers such probes in milliseconds,
+        # and comes back soon after a wake: probe it sooner.
+        not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
+        breaker.record_failure(self.settings.space_probe_s if not_ready else None)
+        self._maybe_wake(name, exc.reason)
+
+    def skip_open(self, name: BackendName) -> float | None:
+        """None when the backend may be tried now; else seconds until its circuit's probe (and
+        a wake is asked for, if it is the Space)."""
+        breaker = self.breakers[name]
+        if breaker.allow():
+            return None
+        self._maybe_wake(name, CircuitOpen.reason)
+        return breaker.retry_after_s()
+
+    def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
+        """Time kept for the next backend: never more than half of what is left."""
+        return 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
+                                       deadline.remaining() / 2)
 
     async def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
                        tries: list[int]) -> dict[str, Any]:
-        # Keep time for the next backend, but never more than half of what is left.
-        reserve = 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
-                                           deadline.remaining() / 2)
+        reserve = self.reserve_s(deadline, is_last)
         body = call.body_for(backend.config)
 
         async def once(timeout_s: float) -> dict[str, Any]:

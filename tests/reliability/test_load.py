@@ -21,9 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from router.gateway import Gateway
+from router.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
+from tests.support.service import serve_main
 
 DEADLINE_MS = 2000
 ROUNDS = 3
@@ -100,18 +101,18 @@ async def burst(url: str, n: int, rounds: int, ledger: Ledger) -> list[tuple[int
 
 @pytest.fixture
 def gateway(make_main: Callable[[dict[str, str]], Any], env: dict[str, str],
-            space: FakeBackend) -> Iterator[Gateway]:
+            space: FakeBackend) -> Iterator[Service]:
     space.mode = "flap"
     space.flap_period_s = 0.15
     # A short cool-down, so the breaker keeps probing the Space through its flaps.
     main = make_main({**env, "ROUTER_DEADLINE_MS": str(DEADLINE_MS),
                       "FALLBACK_RESERVE_MS": "1000", "BREAKER_COOLDOWN_S": "0.05"})
-    gw = Gateway(main, namespace="load", port=0).start()
+    gw = serve_main(main, namespace="load", port=0)
     yield gw
     gw.stop()
 
 
-def test_load_with_a_flapping_space(gateway: Gateway, worker: FakeBackend, space: FakeBackend,
+def test_load_with_a_flapping_space(gateway: Service, worker: FakeBackend, space: FakeBackend,
                                     ledger: Ledger, results: Results) -> None:
     url = gateway.function_url
     asyncio.run(burst(url, LOAD_REQUESTS, 1, ledger))  # grow every pool to its working size

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from router.do_event import FunctionContext
-from router.gateway import Gateway
 from tests.conftest import load_event, with_body
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import WORKER_API_TOKEN, Ledger
+from tests.support.service import serve_main
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -35,7 +35,7 @@ def test_gateway_takes_a_burst_of_connections(main: Main, ledger: Ledger) -> Non
 
     It listened with socketserver's backlog of 5: most of a burst of 200 was reset by the
     kernel (httpx.ReadError) before any handler ran."""
-    gw = Gateway(main, port=0).start()
+    gw = serve_main(main, port=0)
 
     async def burst(n: int) -> Counter[Any]:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
