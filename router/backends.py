@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from router.errors import (
     BackendProtocolError,
     BackendRateLimited,
     BackendRejected,
+    BackendServerError,
     BackendTimeout,
     BackendUnavailable,
     NoTimeLeft,
@@ -95,6 +97,30 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+_URL = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
+_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOKENISH = re.compile(r"\b(?:hf_|sk-|Bearer\s+)\S+", re.IGNORECASE)
+
+
+def provider_error(body: bytes) -> tuple[str | None, str | None]:
+    """A 4xx body's own `{"error": {"code", "message"}}`, sanitised: no URL, nothing that looks
+    like a token, at most 300 characters; (None, None) when it has none."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    code = error.get("code") or error.get("type")
+    message = error.get("message")
+    safe_code = str(code) if isinstance(code, str) and _CODE.match(code) else None
+    safe_message = None
+    if isinstance(message, str) and message.strip():
+        safe_message = _TOKENISH.sub("[redacted]", _URL.sub("[url]", message))[:300]
+    return safe_code, safe_message
+
+
 def classify_response(response: httpx.Response, backend: BackendName) -> dict[str, Any]:
     """Return the JSON object of a good answer, or raise the error that the answer means."""
     status = response.status_code
@@ -121,11 +147,13 @@ def classify_response(response: httpx.Response, backend: BackendName) -> dict[st
                                  sent=status == 504, retryable=True, retry_after_s=retry_after,
                                  status=status)
     if status >= 500:
-        raise BackendUnavailable(f"{backend}: server error (HTTP {status})", backend=backend,
-                                 status=status)
+        raise BackendServerError(f"{backend}: server error (HTTP {status})", backend=backend,
+                                 status=status, retryable=True)
     if status >= 400:
-        raise BackendRejected(f"{backend}: rejected (HTTP {status})", backend=backend,
-                              sent=True, status=status)
+        rejected = BackendRejected(f"{backend}: rejected (HTTP {status})", backend=backend,
+                                   sent=True, status=status)
+        rejected.provider_code, rejected.provider_message = provider_error(body)
+        raise rejected
     if status == 200 and "event-stream" in ctype:
         # A backend that streamed although asked not to: the same checks as a relayed stream.
         return completion_from_sse(body, backend)

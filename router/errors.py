@@ -93,6 +93,9 @@ class BackendError(RouterError):
 
     code = "backend_error"
     reason = "error"
+    # A generation that may have run is sent again once only for this (a 500 from our own
+    # servers, which bill by the minute, not the request).
+    resend_once = False
 
     def __init__(self, message: str, *, backend: str, sent: bool = True, retryable: bool = False,
                  retry_after_s: float | None = None, status: int | None = None) -> None:
@@ -132,6 +135,12 @@ class SpaceStarting(BackendError):
     reason = "space_starting"
 
 
+class BackendServerError(BackendUnavailable):
+    """The backend answered 500: retried once on the same backend when the budget allows."""
+
+    resend_once = True
+
+
 class BackendRateLimited(BackendError):
     """The backend answered 429."""
 
@@ -139,9 +148,12 @@ class BackendRateLimited(BackendError):
 
 
 class BackendRejected(BackendError):
-    """The backend refused the request with a 4xx other than 429."""
+    """The backend refused the request with a 4xx other than 429; `provider_code` and
+    `provider_message` are its own error's, already sanitised (router/backends.py)."""
 
     reason = "error"
+    provider_code: str | None = None
+    provider_message: str | None = None
 
 
 class BackendProtocolError(BackendError):

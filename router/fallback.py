@@ -34,6 +34,8 @@ WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavai
                           "circuit_open"})
 # A backend's 4xx that is the caller's fault: answering it from another backend would not help.
 CALLER_FAULT = frozenset({400, 413, 422})
+# A provider's 400 that another backend (with a larger context window) may not give.
+CONTEXT_TOO_LONG = "context_length_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,14 @@ def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
                      retry_after_s=max(1, round(retry_after or 5)), reasons=tuple(reasons))
 
 
+def rejected_error(exc: BackendRejected, secrets: Sequence[str]) -> BadRequest:
+    """The caller's 400: the provider's own code and message (sanitised), or a generic one."""
+    message = exc.provider_message or rejected_detail(exc)
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    return BadRequest(message, code=exc.provider_code or "rejected_by_backend")
+
+
 class FallbackEngine:
     """Per-container: the backends, their breakers and the wake path."""
 
@@ -121,8 +131,11 @@ class FallbackEngine:
             except BackendError as exc:
                 attempts += tries[0]
                 if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
-                    breaker.record_success()
-                    raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
+                    breaker.record_success()  # the backend is fine; the request was not
+                    if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
+                        reasons.append(CONTEXT_TOO_LONG)  # the other may have a larger window
+                        continue
+                    raise rejected_error(exc, self.settings.secrets()) from None
                 reasons.append(exc.reason)
                 too_large = isinstance(exc, ResponseTooLarge)
                 if exc.retry_after_s is not None:

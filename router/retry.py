@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import AsyncRetrying, RetryCallState
 
 from router.errors import BackendError
 
@@ -40,11 +40,14 @@ class Attempt:
     wait_s: float
 
 
-def _should_retry(idempotent: bool) -> Callable[[BaseException], bool]:
-    def check(exc: BaseException) -> bool:
+def _should_retry(idempotent: bool) -> Callable[[RetryCallState], bool]:
+    def check(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
         if not isinstance(exc, BackendError) or not exc.retryable:
             return False
-        return idempotent or not exc.sent
+        if idempotent or not exc.sent:
+            return True
+        return exc.resend_once and state.attempt_number == 1
 
     return check
 
@@ -82,7 +85,7 @@ async def call_with_retries(fn: Callable[[float], Awaitable[T]], *, budget_end: 
             on_retry(Attempt(state.attempt_number, exc, state.upcoming_sleep))
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception(_should_retry(idempotent)),
+        retry=_should_retry(idempotent),
         wait=_wait,
         stop=stop,
         before_sleep=before_sleep,

@@ -15,10 +15,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends import Backend, BackendConfig, BackendName, OpenStream, rejected_detail
+from router.backends import Backend, BackendConfig, BackendName, OpenStream
 from router.deadline import Deadline
-from router.errors import BackendError, BackendRejected, BadRequest, CircuitOpen
-from router.fallback import CALLER_FAULT, FallbackEngine, no_answer
+from router.errors import BackendError, BackendRejected, CircuitOpen
+from router.fallback import (
+    CALLER_FAULT,
+    CONTEXT_TOO_LONG,
+    FallbackEngine,
+    no_answer,
+    rejected_error,
+)
 from router.retry import call_with_retries
 from router.stream_read import StreamLimits, content_of
 
@@ -77,7 +83,10 @@ class StreamRun:
                 if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT \
                         and not self.partial:
                     self.engine.breakers[name].record_success()
-                    raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
+                    if exc.provider_code == CONTEXT_TOO_LONG and index < len(self.order) - 1:
+                        reasons.append(CONTEXT_TOO_LONG)
+                        continue
+                    raise rejected_error(exc, self.engine.settings.secrets()) from None
                 reasons.append(exc.reason)
                 if exc.retry_after_s is not None:
                     retry_after = max(retry_after, exc.retry_after_s)

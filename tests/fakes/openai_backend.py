@@ -51,6 +51,7 @@ class FakeBackend:
     huge_bytes: int = 1_100_000
     flap_period_s: float = 0.05
     drip_every_s: float = 0.05
+    error_body: dict[str, Any] | None = None  # what status:N answers (default: a bare error)
     dropped_at: list[float] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
@@ -139,8 +140,8 @@ class FakeBackend:
             return
         if mode.startswith("status:"):
             status = int(mode.split(":")[1])
-            await self._send(send, status, json.dumps({"error": {"message": "fake"}}).encode(),
-                             extra=extra)
+            error = self.error_body or {"error": {"message": "fake"}}
+            await self._send(send, status, json.dumps(error).encode(), extra=extra)
             return
         if mode == "hang":
             await self._hold(60)

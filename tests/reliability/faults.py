@@ -45,7 +45,7 @@ FAULTS = [
           retry_after="1", resend=True),
     Fault("429 + Retry-After", "status:429", "rate_limited", "rate_limited",
           retry_after="1", resend=True),
-    Fault("500", "status:500", "unavailable", "unavailable"),
+    Fault("500 (sent again once)", "status:500", "unavailable", "unavailable", resend=True),
     Fault("malformed JSON", "bad_json", "error", "error"),
     Fault("JSON without choices", "no_choices", "error", "error"),
     Fault("wrong content type", "wrong_ctype", "error", "error"),
