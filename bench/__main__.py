@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run on this machine, as one markdown table.
 
-    .venv/bin/python -m bench [--quick] [--runs 10] [--requests 2000] [--sleep-s 60]
+    .venv/bin/python -m bench [--quick] [--runs 10] [--requests 2000] [--sleep-s 60] [--streams 200]
                               [--ai-space smollm2|tiny|skip] [--no-alternatives]
                               [--out bench/results.md]
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cold as cold_
+from bench import streaming as streaming_
 from bench import warm as warm_
 from bench.ai_space import throughput
 from bench.common import ROOT, load, machine
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--sleep-s", type=float, default=60)
+    parser.add_argument("--streams", type=int, default=200,
+                        help="streams per path for the service's added-latency figures")
     parser.add_argument("--ai-space", choices=["smollm2", "tiny", "skip"], default="smollm2")
     parser.add_argument("--no-alternatives", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
@@ -140,6 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.runs, args.requests, args.sleep_s, args.ai_space = 3, 300, 5.0, "skip"
+        args.streams = 30
     alternatives = not args.no_alternatives
     started, load_before = time.monotonic(), load()
 
@@ -147,6 +151,8 @@ def main() -> None:
     cold_figs, cold_skip = cold_.cold(args.runs, alternatives=alternatives)
     log.info("warm overhead: %d requests per path", args.requests)
     warm_figs, warm_skip = warm_.warm(args.requests, alternatives=alternatives)
+    log.info("service streams: %d per path at concurrency 1, then a crowd", args.streams)
+    streams = streaming_.streaming(args.streams)
     log.info("auto decision")
     decide = decision_us()
     log.info("sleeping Space: %.0f s", args.sleep_s)
@@ -166,6 +172,7 @@ def main() -> None:
         "|---|---|---|---|---|",
         *_cold_rows(cold_figs, cold_skip, args.runs),
         *_warm_rows(warm_figs, warm_skip, args.requests),
+        *streaming_.rows(streams),
         *_sleep_rows(asleep),
         f"| `auto` routing decision | p50 / p99 of 20,000 decisions | "
         f"{decide['p50_us']:.1f} / {decide['p99_us']:.1f} µs | | well under 1 ms: "

@@ -36,7 +36,7 @@ BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_
 WARMUP = 50
 DIRECT = "direct httpx (baseline)"
 IN_PROCESS = "handler in-process"
-GATEWAY = "local gateway (router.gateway)"
+GATEWAY = "service (router.service on uvicorn)"
 PORTKEY = "Portkey gateway (Node, @portkey-ai/gateway)"
 LITELLM = "LiteLLM Router.completion (2 deployments)"
 

@@ -43,6 +43,8 @@ MAX_ANSWER_BYTES = 2 * 1024 * 1024
 # for the server's delayed ACK.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
+# After a stream's finish_reason, how long the rest (its `[DONE]`) may take to be read.
+DRAIN_S = 0.05
 # Connections per backend: the function runs one request at a time, the service many.
 POOL_CONNECTIONS = 256
 POOL_KEEPALIVE = 64
@@ -329,6 +331,7 @@ class OpenStream:
         self.response = response
         self.payload = payload
         self._stack = stack
+        self._body = self._bytes()  # one iterator: the drain goes on where the reader stopped
 
     async def _bytes(self) -> AsyncIterator[bytes]:
         assert self.response is not None
@@ -347,12 +350,22 @@ class OpenStream:
             for chunk in chunks_of_completion(self.payload):
                 yield chunk
             return
-        async for chunk in read_chunks(self._bytes(), self.name, limits, started=started,
+        async for chunk in read_chunks(self._body, self.name, limits, started=started,
                                        end=end):
             yield chunk
 
-    async def aclose(self) -> None:
-        """Close the response (and so hang up on a backend still sending)."""
+    async def aclose(self, *, finished: bool = False) -> None:
+        """Close the response (and so hang up on a backend still sending).
+
+        After a finished stream, the rest (`[DONE]`, normally already on its way) is read for
+        up to DRAIN_S first, so that the connection goes back to the pool instead of being
+        closed: a new connection per stream costs more than the whole relay.
+        """
+        if finished and self.response is not None:
+            with contextlib.suppress(httpx.HTTPError, TimeoutError, BackendError):
+                async with asyncio.timeout(DRAIN_S):
+                    async for _ in self._body:
+                        pass
         await self._stack.aclose()
 
 

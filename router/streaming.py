@@ -26,7 +26,7 @@ from router.fallback import (
     rejected_error,
 )
 from router.retry import call_with_retries
-from router.stream_read import StreamLimits, content_of
+from router.stream_read import StreamLimits, content_of, finish_of
 
 RESTART_MARKER = "\n\n[The answer was interrupted; it restarts here in full.]\n\n"
 
@@ -132,6 +132,7 @@ class StreamRun:
         end = loop.time() + (self.deadline.end - self.engine.reserve_s(self.deadline, is_last)
                              - time.monotonic())
         first = True
+        finished = False
         try:
             async for chunk in opened.chunks(self.limits, started=started, end=end):
                 if first:
@@ -140,9 +141,10 @@ class StreamRun:
                         yield _with_content(chunk, marker)
                 first = False
                 self.partial += content_of(chunk)
+                finished = finish_of(chunk) is not None
                 yield chunk
         finally:
-            await opened.aclose()
+            await opened.aclose(finished=finished)
 
 
 def _with_content(like: dict[str, Any], text: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class StreamBackend:
     delay_s: float = 0.0
     refuse_prefill: bool = False
     force_stream: bool = False  # stream even when asked for `stream: false`
+    stamp: bool = False  # put the wall-clock send time in each chunk (`x_sent`), for the bench
     url: str = ""
     bodies: list[dict[str, Any]] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
@@ -63,9 +65,12 @@ class StreamBackend:
         await self._answer(body, send)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        data = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 1,
-                "model": self.name, "choices": [{"index": 0, "delta": delta,
-                                                 "finish_reason": finish}]}
+        data: dict[str, Any] = {
+            "id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 1,
+            "model": self.name, "choices": [{"index": 0, "delta": delta,
+                                             "finish_reason": finish}]}
+        if self.stamp:
+            data["x_sent"] = time.time()
         return f"data: {json.dumps(data)}\n\n".encode()
 
     async def _json(self, send: Any, status: int, data: dict[str, Any]) -> None:
