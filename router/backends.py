@@ -32,7 +32,13 @@ from router.errors import (
     SpaceSleeping,
     SpaceStarting,
 )
-from router.stream_read import StreamLimits, completion_from_sse, read_chunks
+from router.stream_read import (
+    SseParser,
+    StreamLimits,
+    completion_from_sse,
+    read_chunks,
+    usage_in,
+)
 
 BackendName = Literal["worker", "space"]
 
@@ -332,11 +338,17 @@ class OpenStream:
         self.payload = payload
         self._stack = stack
         self._body = self._bytes()  # one iterator: the drain goes on where the reader stopped
+        self.parser = SseParser()
 
     async def _bytes(self) -> AsyncIterator[bytes]:
         assert self.response is not None
+        total = 0
         try:
             async for data in self.response.aiter_bytes():
+                total += len(data)
+                if total > MAX_ANSWER_BYTES:
+                    raise BackendProtocolError(f"{self.name}: stream over {MAX_ANSWER_BYTES} "
+                                               "bytes", backend=self.name)
                 yield data
         except httpx.HTTPError as exc:
             raise translate_httpx_error(exc, self.name) from None
@@ -347,25 +359,32 @@ class OpenStream:
         if self.payload is not None:
             from router.stream_read import chunks_of_completion
 
-            for chunk in chunks_of_completion(self.payload):
+            for chunk in chunks_of_completion(self.payload, self.name):
                 yield chunk
             return
         async for chunk in read_chunks(self._body, self.name, limits, started=started,
-                                       end=end):
+                                       end=end, parser=self.parser):
             yield chunk
 
-    async def aclose(self, *, finished: bool = False) -> None:
-        """Close the response (and so hang up on a backend still sending).
+    async def finish(self) -> dict[str, Any] | None:
+        """After the finish_reason: read the rest (a usage chunk, `[DONE]`, normally already
+        on the way) for up to DRAIN_S, so that the connection goes back to the pool instead of
+        being closed (a new connection per stream costs more than the whole relay); then
+        close. Returns the usage, if the backend sent one."""
+        if self.payload is not None:
+            await self.aclose()
+            usage = self.payload.get("usage")
+            return usage if isinstance(usage, dict) else None
+        events = list(self.parser.rest)
+        with contextlib.suppress(httpx.HTTPError, TimeoutError, BackendError):
+            async with asyncio.timeout(DRAIN_S):
+                async for data in self._body:
+                    events += self.parser.feed(data)
+        await self.aclose()
+        return usage_in(events)
 
-        After a finished stream, the rest (`[DONE]`, normally already on its way) is read for
-        up to DRAIN_S first, so that the connection goes back to the pool instead of being
-        closed: a new connection per stream costs more than the whole relay.
-        """
-        if finished and self.response is not None:
-            with contextlib.suppress(httpx.HTTPError, TimeoutError, BackendError):
-                async with asyncio.timeout(DRAIN_S):
-                    async for _ in self._body:
-                        pass
+    async def aclose(self) -> None:
+        """Close the response (and so hang up on a backend still sending)."""
         await self._stack.aclose()
 
 

@@ -134,7 +134,7 @@ class Endpoints:
     async def _chat(self, request: ChatRequest, deadline: Deadline) -> tuple[Outcome, Decision]:
         decision, order, body_for = self._plan(request)
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
-                    check=require_choices)
+                    check=require_choices, stream=True)
         outcome = await self.engine.run(order, call, deadline)
         if self._off_hours(decision, order) and not outcome.fallback:
             outcome = replace(outcome, fallback="off_hours")
@@ -152,7 +152,8 @@ class Endpoints:
                                           facts.fallback, facts.attempts), decision)
         return HttpResponse(200, "", {**headers, "content-type": "text/event-stream",
                                       "cache-control": "no-cache"},
-                            stream=relay(first, chunks, facts))
+                            stream=relay(first, chunks, facts, include_usage=bool(
+                                (request.stream_options or {}).get("include_usage"))))
 
     async def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""

@@ -27,6 +27,7 @@ from router.errors import (
     SpaceStarting,
 )
 from router.retry import call_with_retries
+from router.stream_read import StreamLimits, completion_from_chunks
 from router.wake import SpaceWaker
 
 # Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
@@ -47,6 +48,9 @@ class Call:
     body_for: Callable[[BackendConfig], dict[str, Any] | None]
     idempotent: bool
     check: Callable[[dict[str, Any], BackendName], None]
+    # Ask the backend to stream, and buffer it: the first-token and stall limits then apply,
+    # and a cut, stalled or malformed stream is never a "successful" truncated answer.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +185,42 @@ class FallbackEngine:
 
         async def once(timeout_s: float) -> dict[str, Any]:
             tries[0] += 1
-            payload = await backend.request(call.method, call.path, timeout_s=timeout_s,
-                                            json_body=body)
+            if call.stream and body is not None:
+                payload = await self._buffered(backend, call.path, body, timeout_s)
+            else:
+                payload = await backend.request(call.method, call.path, timeout_s=timeout_s,
+                                                json_body=body)
             call.check(payload, backend.name)
             return payload
 
         return await call_with_retries(once, budget_end=deadline.end - reserve,
                                  attempts=self.settings.retry_attempts,
                                  idempotent=call.idempotent)
+
+    async def _buffered(self, backend: Backend, path: str, body: dict[str, Any],
+                        timeout_s: float) -> dict[str, Any]:
+        """One streamed attempt, read whole (within `timeout_s`) into a completion."""
+        limits = StreamLimits(self.settings.first_token_timeout_ms / 1000.0,
+                              self.settings.stream_stall_timeout_ms / 1000.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        opened = await backend.open_stream(
+            "POST", path, timeout_s=timeout_s, first_token_s=limits.first_token_s,
+            json_body={**body, "stream": True, "stream_options": {"include_usage": True}})
+        if opened.payload is not None:  # it answered JSON: the call's own check judges it
+            await opened.aclose()
+            return opened.payload
+        try:
+            chunks = [chunk async for chunk in opened.chunks(limits, started=started,
+                                                              end=started + timeout_s)]
+        except BaseException:
+            await opened.aclose()
+            raise
+        usage = await opened.finish()
+        completion = completion_from_chunks(chunks)
+        if usage is not None:
+            completion["usage"] = usage
+        return completion
 
     def _maybe_wake(self, name: BackendName, reason: str) -> None:
         if name == "space" and reason in WAKE_REASONS:

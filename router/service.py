@@ -188,7 +188,11 @@ class Service:
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when it is.
         self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.server = uvicorn.Server(uvicorn_config(self.app, host=host))
         self._thread: threading.Thread | None = None
 

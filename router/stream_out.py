@@ -27,8 +27,9 @@ def sse(data: dict[str, Any]) -> str:
 
 
 async def relay(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
-                facts: StreamFacts) -> AsyncIterator[str]:
-    """Each chunk as it comes; then a chunk carrying `x_chat`, then `[DONE]`.
+                facts: StreamFacts, *, include_usage: bool = False) -> AsyncIterator[str]:
+    """Each chunk as it comes; then a chunk carrying `x_chat` (and `usage`, when the client
+    asked for it and the backend sent it), then `[DONE]`.
 
     A failure after the headers went out (no backend could finish the answer) ends the stream
     with an `error` event and no `[DONE]`: the client sees a failure, never a truncated answer
@@ -45,7 +46,10 @@ async def relay(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
         yield sse({"error": {"type": kind, "message": exc.message, "code": exc.code},
                    "x_chat": facts.as_dict()})
         return
-    yield sse({"id": first.get("id", "chatcmpl-router"), "object": "chat.completion.chunk",
-               "created": first.get("created", 0), "model": first.get("model", ""),
-               "choices": [], "x_chat": facts.as_dict()})
+    last: dict[str, Any] = {"id": first.get("id", "chatcmpl-router"),
+                            "object": "chat.completion.chunk", "created": first.get("created", 0),
+                            "model": first.get("model", ""), "choices": []}
+    if include_usage and facts.usage is not None:
+        last["usage"] = facts.usage
+    yield sse({**last, "x_chat": facts.as_dict()})
     yield "data: [DONE]\n\n"

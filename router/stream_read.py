@@ -42,6 +42,12 @@ class SseParser:
 
     def __init__(self) -> None:
         self._buffer = b""
+        # Events that came in the same read as the finish chunk (usage, `[DONE]`).
+        self.rest: list[str] = []
+
+    def partial(self) -> bool:
+        """Whether an event was begun but never ended."""
+        return bool(self._buffer.strip())
 
     def feed(self, data: bytes) -> list[str]:
         """The complete events' data in `data` (and what was left before)."""
@@ -90,7 +96,8 @@ def finish_of(chunk: dict[str, Any]) -> str | None:
 
 
 async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLimits, *,
-                      started: float, end: float) -> AsyncIterator[dict[str, Any]]:
+                      started: float, end: float, parser: SseParser | None = None
+                      ) -> AsyncIterator[dict[str, Any]]:
     """Yield each checked chunk as it arrives, up to and including the one with the
     `finish_reason` (then stop at once: no wait for a `[DONE]` that may never come).
 
@@ -98,7 +105,7 @@ async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLi
     Each read has its own limit, so no timer runs while the caller handles a chunk.
     """
     loop = asyncio.get_running_loop()
-    parser = SseParser()
+    parser = parser or SseParser()
     seen_content = False
     while True:
         if seen_content:
@@ -109,18 +116,36 @@ async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLi
             async with asyncio.timeout_at(min(read_by, end)):
                 data = await anext(body)
         except StopAsyncIteration:
+            if parser.partial():  # a chunk cut in the middle: never passed on
+                raise BackendProtocolError(f"{backend}: stream cut inside a chunk",
+                                           backend=backend) from None
             raise StreamCut(f"{backend}: stream ended without a finish_reason",
                             backend=backend) from None
         except TimeoutError:
             raise StreamStalled(f"{backend}: stream {what}", backend=backend) from None
-        for event in parser.feed(data):
+        events = parser.feed(data)
+        for index, event in enumerate(events):
             chunk = check_chunk(event, backend)
             if chunk is None:
                 raise StreamCut(f"{backend}: [DONE] without a finish_reason", backend=backend)
             seen_content = seen_content or bool(content_of(chunk)) or bool(finish_of(chunk))
             yield chunk
             if finish_of(chunk):
+                parser.rest = events[index + 1:]
                 return
+
+
+def usage_in(events: Iterable[str]) -> dict[str, Any] | None:
+    """The `usage` object of the events after the finish chunk, if one carries it."""
+    usage = None
+    for event in events:
+        try:
+            chunk = json.loads(event)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+    return usage
 
 
 def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -145,12 +170,16 @@ def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def chunks_of_completion(completion: dict[str, Any]) -> list[dict[str, Any]]:
+def chunks_of_completion(completion: dict[str, Any], backend: str) -> list[dict[str, Any]]:
     """A whole `chat.completion` as the chunks a stream of it would carry."""
     base = {"id": completion.get("id", "chatcmpl-router"), "object": "chat.completion.chunk",
             "created": completion.get("created", 0), "model": completion.get("model", "")}
-    choice = (completion.get("choices") or [{}])[0]
-    content = str((choice.get("message") or {}).get("content") or "")
+    choices = completion.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+        raise BackendProtocolError("answer has no message", backend=backend)
+    content = str(message.get("content") or "")
     return [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
                               "finish_reason": None}]},

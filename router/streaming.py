@@ -26,7 +26,7 @@ from router.fallback import (
     rejected_error,
 )
 from router.retry import call_with_retries
-from router.stream_read import StreamLimits, content_of, finish_of
+from router.stream_read import StreamLimits, content_of
 
 RESTART_MARKER = "\n\n[The answer was interrupted; it restarts here in full.]\n\n"
 
@@ -39,6 +39,7 @@ class StreamFacts:
     backend: str = ""
     fallback: str | None = None
     attempts: int = 0
+    usage: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The `x_chat` object."""
@@ -111,7 +112,8 @@ class StreamRun:
 
     async def _from(self, name: BackendName, is_last: bool) -> AsyncIterator[dict[str, Any]]:
         backend = self.engine.backends[name]
-        body = {**self.body_for(backend.config), "stream": True}
+        body = {**self.body_for(backend.config), "stream": True,
+                "stream_options": {"include_usage": True}}
         marker = ""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -132,7 +134,6 @@ class StreamRun:
         end = loop.time() + (self.deadline.end - self.engine.reserve_s(self.deadline, is_last)
                              - time.monotonic())
         first = True
-        finished = False
         try:
             async for chunk in opened.chunks(self.limits, started=started, end=end):
                 if first:
@@ -141,10 +142,11 @@ class StreamRun:
                         yield _with_content(chunk, marker)
                 first = False
                 self.partial += content_of(chunk)
-                finished = finish_of(chunk) is not None
                 yield chunk
-        finally:
-            await opened.aclose(finished=finished)
+        except BaseException:
+            await opened.aclose()
+            raise
+        self.facts.usage = await opened.finish()
 
 
 def _with_content(like: dict[str, Any], text: str) -> dict[str, Any]:

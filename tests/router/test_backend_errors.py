@@ -56,3 +56,29 @@ def test_the_providers_error_reaches_the_caller_sanitised(make_main, fast_env,
     assert error["message"].startswith("This model's maximum context length is 2048 tokens")
     assert "hf.space" not in result["body"] and "hf_abcdef" not in result["body"]
     assert worker.generation_requests() == 1
+
+
+def test_a_backend_that_sends_no_headers_is_given_up_at_the_first_token_limit(
+        make_main, fast_env, worker: FakeBackend, space: FakeBackend):
+    """GIVEN a Space that never answers at all (no headers), FIRST_TOKEN_TIMEOUT_MS=500, and a
+    Space share of 1.5 s WHEN an `llm` chat comes to the function THEN the Space is given up
+    after about 0.5 s, not at the end of its share, and the worker answers."""
+    import time
+
+    space.mode = "hang"
+    main = make_main({**fast_env, "FIRST_TOKEN_TIMEOUT_MS": "500"})
+    started = time.monotonic()
+    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+    elapsed = time.monotonic() - started
+    assert result["headers"]["x-chat-backend"] == "worker"
+    assert result["headers"]["x-chat-fallback"] == "timeout"
+    assert 0.45 < elapsed < 1.0, elapsed
+
+
+def test_the_function_asks_backends_to_stream(make_main, fast_env, worker: FakeBackend):
+    """GIVEN the function WHEN a chat comes THEN the backend is asked for a stream (with usage),
+    which the function reads whole: the first-token and stall limits apply to it."""
+    make_main({**fast_env, "SPACE_URL": ""})(load_event("chat_completions"),
+                                             FunctionContext.with_timeout(28_000))
+    sent = worker.seen[-1].body or {}
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
