@@ -38,6 +38,7 @@ class StreamBackend:
     stamp: bool = False  # put the wall-clock send time in each chunk (`x_sent`), for the bench
     url: str = ""
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    dropped: threading.Event = field(default_factory=threading.Event)  # a client hung up
     released: threading.Event = field(default_factory=threading.Event)
 
     def release(self) -> None:
@@ -62,7 +63,17 @@ class StreamBackend:
         raw, _ = await read_request(scope, receive)
         body = json.loads(raw or b"{}")
         self.bodies.append(body)
-        await self._answer(body, send)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.dropped.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._answer(body, send)
+        finally:
+            watcher.cancel()
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         data: dict[str, Any] = {

@@ -124,6 +124,15 @@ def test_a_backend_refusing_the_prefill_restarts_with_a_marker(
     assert finishes == ["stop"] and facts["backend"] == "worker"
 
 
+def test_a_backend_answering_json_is_relayed_as_a_stream(service: Service,
+                                                         backends: dict[str, StreamBackend]):
+    """GIVEN a Space that ignores `stream: true` and answers one JSON completion WHEN streamed
+    THEN the client still gets the answer as a stream, from the Space."""
+    backends["space"].mode = "json"
+    text, finishes, facts, _ = _stream(service)
+    assert (text, finishes, facts["backend"]) == (FULL, ["stop"], "space")
+
+
 def test_a_finish_without_done_ends_at_once(service: Service,
                                             backends: dict[str, StreamBackend]):
     """GIVEN a Space that sends its finish_reason but never `[DONE]` and keeps the connection
