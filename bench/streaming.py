@@ -209,8 +209,10 @@ def _rate(url: str, body: dict[str, Any], seconds: float, concurrency: int) -> d
                 nonlocal errors
                 while time.perf_counter() < end:
                     started = time.perf_counter()
-                    answer = await client.post(url, json=body)
-                    if answer.status_code != 200:
+                    try:
+                        answer = await client.post(url, json=body)
+                        errors += answer.status_code != 200
+                    except httpx.HTTPError:
                         errors += 1
                     times.append((time.perf_counter() - started) * 1000)
 

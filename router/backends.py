@@ -51,9 +51,12 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 # After a stream's finish_reason, how long the rest (its `[DONE]`) may take to be read.
 DRAIN_S = 0.05
-# Connections per backend: the function runs one request at a time, the service many.
-POOL_CONNECTIONS = 256
-POOL_KEEPALIVE = 64
+# Per pool (Backend keeps up to MAX_SHARDS of them, a new one when each serves
+# SHARD_REQUESTS): the function runs one request at a time, the service many.
+POOL_CONNECTIONS = 64
+POOL_KEEPALIVE = 16
+SHARD_REQUESTS = 16
+MAX_SHARDS = 32
 
 # (error class, sent?, retryable?). Looked up along the MRO, so a
 # subclass httpx adds later still lands on its parent's row; a test pins full coverage.
@@ -223,23 +226,48 @@ def backend_configs(settings: Settings) -> dict[BackendName, BackendConfig]:
 
 
 class Backend:
-    """One backend: a pooled async httpx client reused across warm invocations."""
+    """One backend: pooled async httpx clients reused across warm invocations.
+
+    httpcore's pool does work in proportion to (requests in flight x connections) on every
+    request and every close, which a service with hundreds of concurrent streams feels: so a
+    backend keeps several small pools, and opens another only when each one it has is serving
+    SHARD_REQUESTS requests. The function (one request at a time) only ever has the first.
+    """
 
     def __init__(self, config: BackendConfig, *, connect_timeout_s: float,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout_s = connect_timeout_s
-        self.client = httpx.AsyncClient(
-            base_url=config.base_url,
-            headers={"user-agent": "chat-router/0.1", **config.headers},
-            transport=transport or httpx.AsyncHTTPTransport(retries=0, socket_options=NODELAY,
-                                                            verify=shared_tls()),
+        self._transport = transport
+        self._clients = [self._new_client()]
+        self._busy = [0]
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.config.base_url,
+            headers={"user-agent": "chat-router/0.1", **self.config.headers},
+            transport=self._transport or httpx.AsyncHTTPTransport(
+                retries=0, socket_options=NODELAY, verify=shared_tls()),
             limits=httpx.Limits(max_connections=POOL_CONNECTIONS,
                                 max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
         )
+
+    def _lease(self) -> int:
+        """The least busy pool (a new one when all are full), counted as one busier."""
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        if self._busy[index] >= SHARD_REQUESTS and len(self._clients) < MAX_SHARDS \
+                and self._transport is None:
+            self._clients.append(self._new_client())
+            self._busy.append(0)
+            index = len(self._clients) - 1
+        self._busy[index] += 1
+        return index
+
+    def _release(self, index: int) -> None:
+        self._busy[index] -= 1
 
     async def request(self, method: str, path: str, *, timeout_s: float,
                       json_body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -251,18 +279,22 @@ class Backend:
         if timeout_s <= 0:
             raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
         sent = SentFlag()
+        lease = self._lease()
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._send(method, path, timeout_s, json_body, sent)
+                return await self._send(self._clients[lease], method, path, timeout_s,
+                                        json_body, sent)
         except TimeoutError:
             raise BackendTimeout(f"{self.name}: no answer in {timeout_s:.2f}s",
                                  backend=self.name, sent=sent.sent) from None
+        finally:
+            self._release(lease)
 
-    async def _send(self, method: str, path: str, timeout_s: float,
+    async def _send(self, client: httpx.AsyncClient, method: str, path: str, timeout_s: float,
                     json_body: dict[str, Any] | None, sent: SentFlag) -> dict[str, Any]:
         timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
         try:
-            async with self.client.stream(method, path, json=json_body, timeout=timeout,
+            async with client.stream(method, path, json=json_body, timeout=timeout,
                                           extensions={"trace": sent.trace}) as response:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -286,10 +318,12 @@ class Backend:
             raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
         sent = SentFlag()
         stack = contextlib.AsyncExitStack()
+        lease = self._lease()
+        stack.callback(self._release, lease)
         timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
         try:
             async with asyncio.timeout(min(timeout_s, first_token_s)):
-                response = await stack.enter_async_context(self.client.stream(
+                response = await stack.enter_async_context(self._clients[lease].stream(
                     method, path, json=json_body, timeout=timeout,
                     extensions={"trace": sent.trace}))
                 if response.status_code == 200 and "event-stream" in \
@@ -315,7 +349,8 @@ class Backend:
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        await self.client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
 
 async def _read_capped(response: httpx.Response, name: str) -> bytes:
