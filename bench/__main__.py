@@ -92,7 +92,9 @@ def _sleep_rows(fig: dict[str, Any]) -> list[str]:
         f"| Space asleep, wakes {sleep_s:.0f} s after a Hub restart | first answer of an `llm` "
         f"request through the router (falls back to the worker) | {first:.1f} ms | "
         f"`X-Chat-Fallback: {fig['first_answer_fallback']}`; the worker's own time "
-        f"{own:.2f} ms, so the router added {first - own:.1f} ms, wake request included | "
+        f"{own:.2f} ms, so the router added {first - own:.1f} ms, of which "
+        f"{fig.get('wake_join_ms', float('nan')):.1f} ms waiting for the wake call to leave "
+        f"(at most 250 ms) | "
         f"≤ 2 s + worker: {_ok(first <= 2000 + own)} |",
         f"| | first answer calling the Space directly (Hub restart, then retry each 1 s) | "
         f"{direct:.2f} s | {direct * 1000 / first:.0f}x the router's first answer; "

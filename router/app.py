@@ -59,6 +59,7 @@ class ChatRouter:
         self.cors = Cors(settings)
         self.endpoints = Endpoints(settings, self.engine, self.policy)
         self.loop = LoopThread()
+        self.last_wake_wait_s = 0.0
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -73,7 +74,9 @@ class ChatRouter:
         """The function's path: answer on the container's loop, then give a Space wake still
         in flight a bounded moment to leave before the platform freezes the container."""
         response = self.loop.run(self.handle_async(request, platform_remaining_ms))
-        self.engine.waker.settle(min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
+        # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
+        self.last_wake_wait_s = self.engine.waker.settle(
+            min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
         return response
 
     async def handle_async(self, request: HttpRequest, platform_remaining_ms: int | None
