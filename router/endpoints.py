@@ -148,8 +148,10 @@ class Endpoints:
         first = await anext(chunks)  # a failure before any chunk is an ordinary error answer
         if self._off_hours(decision, order) and not facts.fallback:
             facts.fallback = "off_hours"
-        headers = outcome_headers(Outcome({}, facts.backend,  # type: ignore[arg-type]
-                                          facts.fallback, facts.attempts), decision)
+        headers = {"x-chat-backend": facts.backend, "x-chat-attempts": str(facts.attempts),
+                   "x-chat-route": decision.target, "x-chat-route-reason": decision.reason}
+        if facts.fallback:
+            headers["x-chat-fallback"] = facts.fallback
         return HttpResponse(200, "", {**headers, "content-type": "text/event-stream",
                                       "cache-control": "no-cache"},
                             stream=relay(first, chunks, facts, include_usage=bool(

@@ -102,3 +102,24 @@ def test_the_chat_page_is_served_with_the_function_path(make_main, env: dict[str
         assert lost.status_code == 404 and lost.json()["error"]["code"] == "not_found"
     finally:
         service.stop()
+
+
+def test_a_chunked_body_over_1_mb_is_refused_while_reading(make_main, env: dict[str, str],
+                                                           worker):
+    """GIVEN the service WHEN a body with no Content-Length streams past 1 MB THEN 413 JSON
+    (the limit is enforced while reading, not after), and no backend sees a request."""
+    service = serve_main(make_main(env), namespace="big", port=0)
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"x" * 32_768
+
+    try:
+        with httpx.Client(timeout=10) as client:
+            answer = client.post(service.function_url + "/v1/chat/completions",
+                                 content=pieces(), headers={"content-type": "application/json"})
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "payload_too_large"
+        assert worker.generation_requests() == 0
+    finally:
+        service.stop()
