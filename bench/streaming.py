@@ -4,7 +4,9 @@ Three processes: a bench backend (uvicorn), the service in front of it (`python 
 serve`, as deployed), and this client. The backend streams `max_tokens` tokens, one chunk each,
 `temperature` x 10 ms apart, and stamps each chunk with its send time (`x_sent`), so the added
 latency of every chunk is measured on one clock; a `stream: false` request is answered after
-20 ms.
+20 ms. The backend keeps idle connections 75 s, as production proxies do (uvicorn's default
+5 s makes it close the router's pooled connections between phases, and new connections then
+meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
 
     .venv/bin/python -m bench.streaming [--streams 200]
 """
@@ -76,7 +78,7 @@ def _serve_backend(port: int) -> None:
     import uvicorn
 
     uvicorn.run(backend_app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
-                http="httptools", lifespan="off", backlog=2048)
+                http="httptools", lifespan="off", backlog=2048, timeout_keep_alive=75)
 
 
 @contextmanager
