@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends import Backend, BackendConfig, BackendName, rejected_detail
+from router.backends import Backend, BackendConfig, BackendName
 from router.breaker import CircuitBreaker
+from router.classify import rejected_detail
 from router.config import Settings
 from router.deadline import Deadline
 from router.errors import (

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 import router
-from router.backends import _HTTPX_ERRORS, classify_response, translate_httpx_error
 from router.breaker import CircuitBreaker
+from router.classify import _HTTPX_ERRORS, classify_response, translate_httpx_error
 from router.config import Settings
 from router.errors import (
     BackendError,
