@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -26,7 +26,7 @@ def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def relay(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+async def relay(first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None],
                 facts: StreamFacts, *, include_usage: bool = False) -> AsyncIterator[str]:
     """Each chunk as it comes; then a chunk carrying `x_chat` (and `usage`, when the client
     asked for it and the backend sent it), then `[DONE]`.
@@ -35,8 +35,8 @@ async def relay(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
     with an `error` event and no `[DONE]`: the client sees a failure, never a truncated answer
     that looks finished.
     """
-    yield sse(first)
     try:
+        yield sse(first)
         async for chunk in chunks:
             yield sse(chunk)
     except RouterError as exc:
@@ -46,6 +46,9 @@ async def relay(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
         yield sse({"error": {"type": kind, "message": exc.message, "code": exc.code},
                    "x_chat": facts.as_dict()})
         return
+    finally:
+        # A client that hung up closes this relay: close the backend's stream now too.
+        await chunks.aclose()
     last: dict[str, Any] = {"id": first.get("id", "chatcmpl-router"),
                             "object": "chat.completion.chunk", "created": first.get("created", 0),
                             "model": first.get("model", ""), "choices": []}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ class StreamRun:
                                    settings.stream_stall_timeout_ms / 1000.0)
         self.partial = ""
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self) -> AsyncGenerator[dict[str, Any], None]:
         """Every chunk of one complete answer, from one backend or several in turn."""
         reasons: list[str] = []
         retry_after = 0.0
@@ -74,10 +74,11 @@ class StreamRun:
                 retry_after = max(retry_after, wait_s)
                 continue
             self.facts.fallback = reasons[0] if reasons else None
+            inner = self._from(name, index == len(self.order) - 1)
             try:
-                async for chunk in self._from(name, index == len(self.order) - 1):
+                async for chunk in inner:
                     yield chunk
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
                 self.engine.breakers[name].release()  # the client went away: no verdict
                 raise
             except BackendError as exc:
@@ -93,6 +94,8 @@ class StreamRun:
                     retry_after = max(retry_after, exc.retry_after_s)
                 self.engine.note_failure(name, exc, self.deadline)
                 continue
+            finally:
+                await inner.aclose()  # now, not at garbage collection: it hangs up the backend
             self.engine.breakers[name].record_success()
             return
         raise no_answer(reasons, retry_after, self.deadline)
@@ -110,7 +113,8 @@ class StreamRun:
                                        attempts=self.engine.settings.retry_attempts,
                                        idempotent=False)
 
-    async def _from(self, name: BackendName, is_last: bool) -> AsyncIterator[dict[str, Any]]:
+    async def _from(self, name: BackendName, is_last: bool
+                    ) -> AsyncGenerator[dict[str, Any], None]:
         backend = self.engine.backends[name]
         body = {**self.body_for(backend.config), "stream": True,
                 "stream_options": {"include_usage": True}}
