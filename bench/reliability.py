@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router._backends import POOL_WORKERS
-
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
@@ -39,7 +37,7 @@ BUGS = [
     ("router/_endpoints.py", "faults", "embeddings answers with fewer vectors than inputs were "
      "accepted (200 with inputs lost; IndexError on `/ai/embeddings`); now a protocol error"),
     ("router/_endpoints.py", "size limits", "a streamed (`stream: true`) answer skipped the 1 MB "
-     "response cap; now 413 `response_too_large`"),
+     "response cap; now capped too"),
     ("ai_space/app.py", "fuzz", "`/v1/models/` answered 307 with the server's own URL in "
      "`Location`; slash redirects are off, so a JSON 404"),
     ("ai_space/routes.py", "fuzz", "an embeddings input with a lone surrogate was a 500; now 400"),
@@ -58,6 +56,17 @@ BUGS = [
     ("router_tools/gateway.py", "review, a flaky test", "a negative Content-Length crashed the "
      "handler thread; an oversize upload saw a reset, not the 413 (body not drained, no "
      "`Connection: close`)"),
+    # Issue 11 (review): their tests are in tests/router/test_hardening.py.
+    ("router/_fallback.py", "review", "callers sending `X-Chat-Deadline-Ms` at the floor opened a "
+     "healthy Space's circuit for everyone; such timeouts and no-time-left attempts no longer "
+     "count"),
+    ("router/_backends.py", "review", "a drip-feeding backend held a pool thread past the "
+     "deadline, and queued attempts were reported as sent; now each attempt is cancelled whole "
+     "at its end (async), and sent only once its request left"),
+    ("router/_endpoints.py", "review", "a backend's answer over 1 MB was a 413 (the caller's "
+     "fault); now a fallback, or 502 `response_too_large`"),
+    ("router/_fallback.py", "review", "the engine joined the wake thread for up to "
+     "`WAKE_GRACE_MS` before answering; now only the function's edge waits, at most 250 ms"),
 ]
 
 
@@ -113,8 +122,8 @@ def render(data: dict[str, Any], wall_s: float | None, passed: bool) -> str:
                 f"| open sockets before / after | {load['sockets_before']} / "
                 f"{load['sockets_after']} |",
                 f"| threads before / after | {load['threads_before']} / "
-                f"{load['threads_after']} (plus the router's attempt pool, bounded at "
-                f"{POOL_WORKERS}: {load.get('pool_threads', '?')}) |"]
+                f"{load['threads_after']} (plus the router's one event-loop thread: "
+                f"{load.get('pool_threads', '?')}) |"]
     fuzz, ai, schema = (data.get("fuzz_router", {}), data.get("fuzz_ai_space", {}),
                         data.get("schemathesis", {}))
     sec, secrets = data.get("security", {}), data.get("secrets", {})

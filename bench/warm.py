@@ -25,7 +25,8 @@ from bench.alternatives import (
 )
 from bench.common import pct
 from router._do_event import FunctionContext
-from router_tools.gateway import Gateway, load_entry
+from router_tools.gateway import load_entry
+from router_tools.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer
 
@@ -35,7 +36,7 @@ BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_
 WARMUP = 50
 DIRECT = "direct httpx (baseline)"
 IN_PROCESS = "handler in-process"
-GATEWAY = "local gateway (router_tools.gateway)"
+GATEWAY = "service (router_tools.service on uvicorn)"
 PORTKEY = "Portkey gateway (Node, @portkey-ai/gateway)"
 LITELLM = "LiteLLM Router.completion (2 deployments)"
 
@@ -60,7 +61,7 @@ def warm(requests: int, *, alternatives: bool = True) -> tuple[Figures, dict[str
                            "LOG_LEVEL": "WARNING"})
         main = load_entry()
         stack.callback(main.__globals__["FUNCTION"].close)
-        gateway = Gateway(main, namespace="bench", port=0).start()
+        gateway = Service(main.__globals__["FUNCTION"], namespace="bench", port=0).start()
         stack.callback(gateway.stop)
         event: dict[str, Any] = {"http": {"method": "POST", "path": "/v1/chat/completions",
                                           "headers": {"content-type": "application/json"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 import httpx
@@ -23,6 +23,7 @@ from router._errors import (
     NotFound,
     RouterError,
 )
+from router._event_loop import LoopThread
 from router._fallback import FallbackEngine
 from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, HttpResponse
 from router._policy import Policy
@@ -33,14 +34,17 @@ from router._wake import SpaceHub, SpaceWaker
 log = logging.getLogger("router.request")
 
 
-Handler = Callable[[HttpRequest, Deadline], HttpResponse]
+Handler = Callable[[HttpRequest, Deadline], Awaitable[HttpResponse]]
+# The most the function's answer waits for a Space wake still in flight (WAKE_GRACE_MS is
+# capped by this): the platform freezes the container once `main` returns.
+WAKE_JOIN_CAP_S = 0.25
 
 
 class ChatRouter:
     """Everything a warm container keeps: settings, clients, breakers, the wake gate."""
 
     def __init__(self, settings: Settings, *,
-                 transports: Mapping[str, httpx.BaseTransport] | None = None,
+                 transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
                  hub: SpaceHub | None = None) -> None:
         self.settings = settings
         transports = transports or {}
@@ -55,6 +59,8 @@ class ChatRouter:
         self.access = Access(settings)
         self.quotas = Quotas(settings)
         self.endpoints = Endpoints(settings, self.engine, self.policy, self.quotas)
+        self.loop = LoopThread()
+        self.last_wake_wait_s = 0.0
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -66,6 +72,16 @@ class ChatRouter:
         }
 
     def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
+        """The function's path: answer on the container's loop, then give a Space wake still
+        in flight a bounded moment to leave before the platform freezes the container."""
+        response = self.loop.run(self.handle_async(request, platform_remaining_ms))
+        # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
+        self.last_wake_wait_s = self.engine.waker.settle(
+            min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
+        return response
+
+    async def handle_async(self, request: HttpRequest, platform_remaining_ms: int | None
+                           ) -> HttpResponse:
         """Answer one request; never raises, never answers after the deadline."""
         request_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
@@ -76,7 +92,7 @@ class ChatRouter:
                 margin_ms=self.settings.deadline_margin_ms,
                 platform_remaining_ms=platform_remaining_ms,
                 requested_ms=_int_header(request, DEADLINE_HEADER))
-            response = self._dispatch(request, deadline)
+            response = await self._dispatch(request, deadline)
         except RouterError as exc:
             response = error_response(exc)
         except Exception as exc:
@@ -91,7 +107,7 @@ class ChatRouter:
         self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
         return response
 
-    def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
         if request.method == "OPTIONS":
             return self.cors.preflight(request.header("origin"),
@@ -107,7 +123,7 @@ class ChatRouter:
             raise NotFound("no such endpoint; see the README for the paths")
         if path != "/health":
             request = self._authorize(request)
-        return handler(request, deadline)
+        return await handler(request, deadline)
 
     def _authorize(self, request: HttpRequest) -> HttpRequest:
         # A key or token when configured (an Origin header proves nothing), then the quota.
@@ -115,7 +131,7 @@ class ChatRouter:
         self.quotas.check(subject)
         return replace(request, subject=subject)
 
-    def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """Cheap liveness: configuration and circuit states only, never a backend call."""
         return HttpResponse.json(200, {
             "status": "ok",
@@ -142,12 +158,17 @@ class ChatRouter:
             "latency_ms": round(latency_ms, 1),
         }})
 
-    def close(self) -> None:
-        """Close every backend client."""
+    async def aclose(self) -> None:
+        """Close every backend client (on the loop that used them)."""
         for backend in self.backends.values():
-            backend.close()
+            await backend.aclose()
         self.engine.waker.close()
         self.quotas.close()
+
+    def close(self) -> None:
+        """The function's shutdown: close the clients on the container's loop, then the loop."""
+        self.loop.run(self.aclose())
+        self.loop.close()
 
 
 def _int_header(request: HttpRequest, name: str) -> int | None:

@@ -1,34 +1,32 @@
-"""Backend clients: one pooled httpx client per backend, one attempt per call.
+"""Backend clients: pooled httpx clients per backend, one attempt per call.
 
-Every httpx error and every unusable answer becomes one of our `BackendError`s here, and
-nowhere else. Retries live in `retry.py`; httpx's own transport retries stay at 0.
+What an httpx error or an answer means is decided in `classify.py`, and nowhere else. Retries
+live in `retry.py`; httpx's own transport retries stay at 0.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
+import contextlib
 import functools
-import json
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
+from router._classify import BackendName as BackendName  # re-exported: the name callers use
+from router._classify import classify_response, translate_httpx_error
 from router._config import Settings
-from router._errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendRateLimited,
-    BackendRejected,
-    BackendTimeout,
-    BackendUnavailable,
-    SpaceSleeping,
-    SpaceStarting,
+from router._errors import BackendError, BackendProtocolError, BackendTimeout, NoTimeLeft
+from router._stream_read import (
+    SseParser,
+    StreamLimits,
+    read_chunks,
+    usage_in,
 )
-
-BackendName = Literal["worker", "space"]
 
 # The platform cuts answers at 1 MB; a backend answer past twice that is refused while reading.
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
@@ -37,119 +35,20 @@ MAX_ANSWER_BYTES = 2 * 1024 * 1024
 # for the server's delayed ACK.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
-# Each attempt runs on this pool so that the caller can stop waiting at the deadline even when a
-# backend drips bytes slowly enough to dodge httpx's per-read timeout. Per container, on purpose.
-# On DigitalOcean one request runs at a time; the gateway (an App Platform service) runs many.
-# 64 workers measured no better than 16 under 200 concurrent requests on 2 cores.
-POOL_WORKERS = 16
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=POOL_WORKERS,
-                                              thread_name_prefix="backend")
-
-# (error class, sent?, retryable?). Looked up along the MRO, so a
-# subclass httpx adds later still lands on its parent's row; a test pins full coverage.
-_HTTPX_ERRORS: dict[type[httpx.HTTPError], tuple[type[BackendError], bool, bool]] = {
-    httpx.ConnectError: (BackendUnavailable, False, True),
-    httpx.ConnectTimeout: (BackendTimeout, False, True),
-    httpx.PoolTimeout: (BackendTimeout, False, True),
-    httpx.ReadTimeout: (BackendTimeout, True, False),
-    httpx.WriteTimeout: (BackendTimeout, True, False),
-    httpx.TimeoutException: (BackendTimeout, True, False),
-    httpx.ReadError: (BackendUnavailable, True, False),
-    httpx.WriteError: (BackendUnavailable, True, False),
-    httpx.CloseError: (BackendUnavailable, True, False),
-    httpx.NetworkError: (BackendUnavailable, True, False),
-    httpx.RemoteProtocolError: (BackendUnavailable, True, False),
-    httpx.LocalProtocolError: (BackendProtocolError, False, False),
-    httpx.ProtocolError: (BackendProtocolError, True, False),
-    httpx.ProxyError: (BackendUnavailable, False, True),
-    httpx.UnsupportedProtocol: (BackendProtocolError, False, False),
-    httpx.TransportError: (BackendUnavailable, True, False),
-    httpx.DecodingError: (BackendProtocolError, True, False),
-    httpx.TooManyRedirects: (BackendProtocolError, True, False),
-    httpx.HTTPStatusError: (BackendProtocolError, True, False),
-    httpx.RequestError: (BackendUnavailable, True, False),
-    httpx.HTTPError: (BackendUnavailable, True, False),
-}
-
-
-def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName) -> BackendError:
-    """Map any httpx error to our tree, without its message (which may hold a URL)."""
-    for klass in type(exc).__mro__:
-        if klass in _HTTPX_ERRORS:
-            error_class, sent, retryable = _HTTPX_ERRORS[klass]
-            break
-    else:  # pragma: no cover - httpx.HTTPError is in the table
-        error_class, sent, retryable = BackendUnavailable, True, False
-    # A Space that does not even accept the connection in time is most likely starting up.
-    if backend == "space" and isinstance(exc, httpx.ConnectTimeout):
-        error_class = SpaceStarting
-    return error_class(f"{backend}: {type(exc).__name__}", backend=backend, sent=sent,
-                       retryable=retryable)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def classify_response(response: httpx.Response, backend: BackendName) -> dict[str, Any]:
-    """Return the JSON object of a good answer, or raise the error that the answer means."""
-    status = response.status_code
-    ctype = response.headers.get("content-type", "").lower()
-    body = response.content
-    looks_html = "html" in ctype or body.lstrip()[:1] == b"<"
-    retry_after = _retry_after(response)
-    if backend == "space" and (looks_html or status in (502, 503, 504)):
-        # Hugging Face's edge answers a sleeping Space with 200 and an HTML page; starting or
-        # broken Spaces answer 502/503/504 or HTML. None of these is a model reply.
-        kind = SpaceSleeping if b"sleeping" in body.lower() else SpaceStarting
-        raise kind(f"space: not ready (HTTP {status})", backend=backend, sent=False,
-                   retry_after_s=retry_after, status=status)
-    if status == 429:
-        raise BackendRateLimited(f"{backend}: rate limited", backend=backend, sent=False,
-                                 retryable=retry_after is not None, retry_after_s=retry_after,
-                                 status=status)
-    if status == 503:
-        raise BackendUnavailable(f"{backend}: unavailable (HTTP 503)", backend=backend, sent=False,
-                                 retryable=retry_after is not None, retry_after_s=retry_after,
-                                 status=status)
-    if status in (502, 504):
-        raise BackendUnavailable(f"{backend}: bad gateway (HTTP {status})", backend=backend,
-                                 sent=status == 504, retryable=True, retry_after_s=retry_after,
-                                 status=status)
-    if status >= 500:
-        raise BackendUnavailable(f"{backend}: server error (HTTP {status})", backend=backend,
-                                 status=status)
-    if status >= 400:
-        raise BackendRejected(f"{backend}: rejected (HTTP {status})", backend=backend,
-                              sent=True, status=status)
-    if status != 200 or "json" not in ctype:
-        raise BackendProtocolError(f"{backend}: unexpected answer (HTTP {status}, not JSON)",
-                                   backend=backend, status=status)
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BackendProtocolError(f"{backend}: malformed JSON", backend=backend,
-                                   status=status) from None
-    if not isinstance(payload, dict):
-        raise BackendProtocolError(f"{backend}: JSON is not an object", backend=backend,
-                                   status=status)
-    return payload
-
+# After a stream's finish_reason, how long the rest (its `[DONE]`) may take to be read.
+DRAIN_S = 0.05
+# Per pool (Backend keeps up to MAX_SHARDS of them, a new one when each serves
+# SHARD_REQUESTS): the function runs one request at a time, the service many.
+POOL_CONNECTIONS = 64
+POOL_KEEPALIVE = 16
+SHARD_REQUESTS = 16
+MAX_SHARDS = 32
 
 @functools.cache
 def shared_tls() -> ssl.SSLContext:
     """One verifying TLS context per container: loading the CA bundle costs ~20 ms of cold
     start, and httpx would load it again for every client."""
     return httpx.create_ssl_context(trust_env=False)
-
-
-def rejected_detail(exc: BackendError) -> str:
-    """A safe, short description of a backend's 4xx, for the caller."""
-    return f"the {exc.backend} rejected the request (HTTP {exc.status})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,44 +83,78 @@ def backend_configs(settings: Settings) -> dict[BackendName, BackendConfig]:
 
 
 class Backend:
-    """One backend: a pooled httpx client reused across warm invocations."""
+    """One backend: pooled async httpx clients reused across warm invocations.
+
+    httpcore's pool does work in proportion to (requests in flight x connections) on every
+    request and every close, which a service with hundreds of concurrent streams feels: so a
+    backend keeps several small pools, and opens another only when each one it has is serving
+    SHARD_REQUESTS requests. The function (one request at a time) only ever has the first.
+    """
 
     def __init__(self, config: BackendConfig, *, connect_timeout_s: float,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.name = config.name
         self.connect_timeout_s = connect_timeout_s
-        self.client = httpx.Client(
-            base_url=config.base_url,
-            headers={"user-agent": "chat-router/0.1", **config.headers},
-            transport=transport or httpx.HTTPTransport(retries=0, socket_options=NODELAY,
-                                                       verify=shared_tls()),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8,
-                                keepalive_expiry=30.0),
+        self._transport = transport
+        self._clients = [self._new_client()]
+        self._busy = [0]
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.config.base_url,
+            headers={"user-agent": "chat-router/0.1", **self.config.headers},
+            transport=self._transport or httpx.AsyncHTTPTransport(
+                retries=0, socket_options=NODELAY, verify=shared_tls()),
+            limits=httpx.Limits(max_connections=POOL_CONNECTIONS,
+                                max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
         )
 
-    def request(self, method: str, path: str, *, timeout_s: float,
-                json_body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One attempt, bounded by `timeout_s` end to end, however the backend behaves."""
-        if timeout_s <= 0:
-            raise BackendTimeout(f"{self.name}: no time left", backend=self.name, sent=False)
-        future = _POOL.submit(self._send, method, path, timeout_s, json_body)
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise BackendTimeout(f"{self.name}: no answer in {timeout_s:.2f}s",
-                                 backend=self.name, sent=True) from None
+    def _lease(self) -> int:
+        """The least busy pool (a new one when all are full), counted as one busier."""
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        if self._busy[index] >= SHARD_REQUESTS and len(self._clients) < MAX_SHARDS \
+                and self._transport is None:
+            self._clients.append(self._new_client())
+            self._busy.append(0)
+            index = len(self._clients) - 1
+        self._busy[index] += 1
+        return index
 
-    def _send(self, method: str, path: str, timeout_s: float,
-              json_body: dict[str, Any] | None) -> dict[str, Any]:
+    def _release(self, index: int) -> None:
+        self._busy[index] -= 1
+
+    async def request(self, method: str, path: str, *, timeout_s: float,
+                      json_body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One attempt, bounded by `timeout_s` end to end, however the backend behaves.
+
+        The whole attempt is cancelled at its end (a backend dripping bytes inside httpx's
+        per-read timeout is dropped too), and it counts as sent only if its request left.
+        """
+        if timeout_s <= 0:
+            raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
+        sent = SentFlag()
+        lease = self._lease()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._send(self._clients[lease], method, path, timeout_s,
+                                        json_body, sent)
+        except TimeoutError:
+            raise BackendTimeout(f"{self.name}: no answer in {timeout_s:.2f}s",
+                                 backend=self.name, sent=sent.sent) from None
+        finally:
+            self._release(lease)
+
+    async def _send(self, client: httpx.AsyncClient, method: str, path: str, timeout_s: float,
+                    json_body: dict[str, Any] | None, sent: SentFlag) -> dict[str, Any]:
         timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
         try:
-            with self.client.stream(method, path, json=json_body, timeout=timeout) as response:
+            async with client.stream(method, path, json=json_body, timeout=timeout,
+                                          extensions={"trace": sent.trace}) as response:
                 body = bytearray()
-                for chunk in response.iter_bytes():
+                async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_ANSWER_BYTES:
                         # A 128 MB function must not hold whatever a broken backend sends.
@@ -234,8 +167,129 @@ class Backend:
         return classify_response(httpx.Response(response.status_code, headers=headers,
                                                 content=bytes(body)), self.name)
 
-    def close(self) -> None:
+    async def open_stream(self, method: str, path: str, *, timeout_s: float,
+                          first_token_s: float, json_body: dict[str, Any]) -> OpenStream:
+        """Send a `stream: true` request and return once its headers are in: an `OpenStream`,
+        or the error its status means. Headers must come within the first-token limit."""
+        if timeout_s <= 0:
+            raise NoTimeLeft(f"{self.name}: no time left", backend=self.name, sent=False)
+        sent = SentFlag()
+        stack = contextlib.AsyncExitStack()
+        lease = self._lease()
+        stack.callback(self._release, lease)
+        timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+        try:
+            async with asyncio.timeout(min(timeout_s, first_token_s)):
+                response = await stack.enter_async_context(self._clients[lease].stream(
+                    method, path, json=json_body, timeout=timeout,
+                    extensions={"trace": sent.trace}))
+                if response.status_code == 200 and "event-stream" in \
+                        response.headers.get("content-type", "").lower():
+                    return OpenStream(self.name, response, stack)
+                body = await _read_capped(response, self.name)
+        except TimeoutError:
+            await stack.aclose()
+            raise BackendTimeout(f"{self.name}: no stream headers in time", backend=self.name,
+                                 sent=sent.sent) from None
+        except httpx.HTTPError as exc:
+            await stack.aclose()
+            raise translate_httpx_error(exc, self.name) from None
+        except BaseException:
+            await stack.aclose()
+            raise
+        await stack.aclose()
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
+        payload = classify_response(httpx.Response(response.status_code, headers=headers,
+                                                   content=body), self.name)
+        # A backend that ignored `stream: true` and answered JSON: relay it as one stream.
+        return OpenStream(self.name, None, stack, payload)
+
+    async def aclose(self) -> None:
         """Close the pooled connections."""
-        self.client.close()
+        for client in self._clients:
+            await client.aclose()
 
 
+async def _read_capped(response: httpx.Response, name: str) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise BackendProtocolError(f"{name}: answer over {MAX_ANSWER_BYTES} bytes",
+                                       backend=name)
+    return bytes(body)
+
+
+class OpenStream:
+    """A backend's stream whose headers have arrived; `chunks` reads and checks the rest."""
+
+    def __init__(self, name: BackendName, response: httpx.Response | None,
+                 stack: contextlib.AsyncExitStack, payload: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.response = response
+        self.payload = payload
+        self._stack = stack
+        self._body = self._bytes()  # one iterator: the drain goes on where the reader stopped
+        self.parser = SseParser()
+
+    async def _bytes(self) -> AsyncIterator[bytes]:
+        assert self.response is not None
+        total = 0
+        try:
+            async for data in self.response.aiter_bytes():
+                total += len(data)
+                if total > MAX_ANSWER_BYTES:
+                    raise BackendProtocolError(f"{self.name}: stream over {MAX_ANSWER_BYTES} "
+                                               "bytes", backend=self.name)
+                yield data
+        except httpx.HTTPError as exc:
+            raise translate_httpx_error(exc, self.name) from None
+
+    async def chunks(self, limits: StreamLimits, *, started: float, end: float
+                     ) -> AsyncIterator[dict[str, Any]]:
+        """The checked chunks (see `stream_read.read_chunks`)."""
+        if self.payload is not None:
+            from router._stream_read import chunks_of_completion
+
+            for chunk in chunks_of_completion(self.payload, self.name):
+                yield chunk
+            return
+        async for chunk in read_chunks(self._body, self.name, limits, started=started,
+                                       end=end, parser=self.parser):
+            yield chunk
+
+    async def finish(self) -> dict[str, Any] | None:
+        """After the finish_reason: read the rest (a usage chunk, `[DONE]`, normally already
+        on the way) for up to DRAIN_S, so that the connection goes back to the pool instead of
+        being closed (a new connection per stream costs more than the whole relay); then
+        close. Returns the usage, if the backend sent one."""
+        if self.payload is not None:
+            await self.aclose()
+            usage = self.payload.get("usage")
+            return usage if isinstance(usage, dict) else None
+        events = list(self.parser.rest)
+        with contextlib.suppress(httpx.HTTPError, TimeoutError, BackendError):
+            async with asyncio.timeout(DRAIN_S):
+                async for data in self._body:
+                    events += self.parser.feed(data)
+        await self.aclose()
+        return usage_in(events)
+
+    async def aclose(self) -> None:
+        """Close the response (and so hang up on a backend still sending)."""
+        await self._stack.aclose()
+
+
+class SentFlag:
+    """Set once httpcore starts writing the request: before that, the backend cannot have
+    run it, so a timeout then (waiting for a pooled connection, say) may be retried."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook."""
+        if event.startswith(("http11.send_request_headers", "http2.send_request_headers")):
+            self.sent = True

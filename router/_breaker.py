@@ -60,6 +60,11 @@ class CircuitBreaker:
             self._opened_at = None
             self._probing = False
 
+    def release(self) -> None:
+        """Give back a probe slot without a verdict (the attempt proved nothing either way)."""
+        with self._lock:
+            self._probing = False
+
     def record_failure(self, cooldown_s: float | None = None) -> None:
         """Count a failure; open (or re-open) the circuit at the threshold or a failed probe,
         for `cooldown_s` (default: the breaker's own cool-down)."""

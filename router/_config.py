@@ -71,6 +71,9 @@ class Settings(BaseModel):
     fallback_reserve_ms: int = Field(default=8_000, ge=0)
     connect_timeout_ms: PositiveMs = 2_000
     wake_grace_ms: int = Field(default=300, ge=0)
+    # Streams (router/_stream_read.py): no content, or no chunk, for this long means fail over.
+    first_token_timeout_ms: PositiveMs = 8_000
+    stream_stall_timeout_ms: PositiveMs = 8_000
 
     # Retries and circuit breaker.
     retry_attempts: int = Field(default=3, ge=1, le=10)

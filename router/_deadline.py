@@ -9,9 +9,13 @@ from collections.abc import Callable
 class Deadline:
     """A point on the monotonic clock after which no answer may be sent."""
 
-    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 shortened: bool = False) -> None:
         self._clock = clock
         self.budget_s = max(0.0, budget_s)
+        # True when the caller's own header cut the deadline below the configured one: a
+        # backend that misses such a deadline has not shown that it is failing.
+        self.shortened = shortened
         self.started = clock()
         self.end = self.started + self.budget_s
 
@@ -33,8 +37,11 @@ class Deadline:
         """The smaller of the configured deadline, the platform's time less `margin_ms`, and the
         caller's own `X-Chat-Deadline-Ms` (never below `floor_ms`)."""
         budget_ms = float(configured_ms)
-        if requested_ms is not None:
-            budget_ms = min(budget_ms, max(float(requested_ms), float(floor_ms)))
         if platform_remaining_ms is not None:
             budget_ms = min(budget_ms, float(platform_remaining_ms - margin_ms))
-        return cls(budget_ms / 1000.0)
+        shortened = False
+        if requested_ms is not None:
+            wanted = max(float(requested_ms), float(floor_ms))
+            shortened = wanted < budget_ms
+            budget_ms = min(budget_ms, wanted)
+        return cls(budget_ms / 1000.0, shortened=shortened)

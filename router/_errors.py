@@ -103,6 +103,9 @@ class BackendError(RouterError):
 
     code = "backend_error"
     reason = "error"
+    # A generation that may have run is sent again once only for this (a 500 from our own
+    # servers, which bill by the minute, not the request).
+    resend_once = False
 
     def __init__(self, message: str, *, backend: str, sent: bool = True, retryable: bool = False,
                  retry_after_s: float | None = None, status: int | None = None) -> None:
@@ -118,6 +121,10 @@ class BackendTimeout(BackendError):
     """No complete answer within the attempt's share of the deadline."""
 
     reason = "timeout"
+
+
+class NoTimeLeft(BackendTimeout):
+    """The attempt was never made: the deadline left it no time. Never the backend's fault."""
 
 
 class BackendUnavailable(BackendError):
@@ -138,6 +145,12 @@ class SpaceStarting(BackendError):
     reason = "space_starting"
 
 
+class BackendServerError(BackendUnavailable):
+    """The backend answered 500: retried once on the same backend when the budget allows."""
+
+    resend_once = True
+
+
 class BackendRateLimited(BackendError):
     """The backend answered 429."""
 
@@ -145,15 +158,31 @@ class BackendRateLimited(BackendError):
 
 
 class BackendRejected(BackendError):
-    """The backend refused the request with a 4xx other than 429."""
+    """The backend refused the request with a 4xx other than 429; `provider_code` and
+    `provider_message` are its own error's, already sanitised (router/_backends.py)."""
 
     reason = "error"
+    provider_code: str | None = None
+    provider_message: str | None = None
 
 
 class BackendProtocolError(BackendError):
     """The backend answered, but not with the JSON the protocol promises."""
 
     reason = "error"
+
+
+class ResponseTooLarge(BackendProtocolError):
+    """The backend's answer would not fit the platform's response limit."""
+
+    code = "response_too_large"
+
+
+class AnswerTooLarge(RouterError):
+    """Every backend that answered gave an answer too large to send: a 502, not the caller's
+    fault (413 would say that its request was too large)."""
+
+    code = "response_too_large"
 
 
 class CircuitOpen(BackendError):

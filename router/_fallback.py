@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router._backends import Backend, BackendConfig, BackendName, rejected_detail
+from router._backends import Backend, BackendConfig, BackendName
 from router._breaker import CircuitBreaker
+from router._classify import rejected_detail
 from router._config import Settings
 from router._deadline import Deadline
 from router._errors import (
+    AnswerTooLarge,
     BackendError,
     BackendRejected,
+    BackendTimeout,
     BadRequest,
     CircuitOpen,
     DeadlineExceeded,
     NoBackend,
+    NoTimeLeft,
+    ResponseTooLarge,
+    RouterError,
     SpaceSleeping,
     SpaceStarting,
 )
 from router._retry import call_with_retries
+from router._stream_read import StreamLimits, completion_from_chunks
 from router._wake import SpaceWaker
 
 # Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
@@ -29,6 +36,8 @@ WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavai
                           "circuit_open"})
 # A backend's 4xx that is the caller's fault: answering it from another backend would not help.
 CALLER_FAULT = frozenset({400, 413, 422})
+# A provider's 400 that another backend (with a larger context window) may not give.
+CONTEXT_TOO_LONG = "context_length_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,9 @@ class Call:
     body_for: Callable[[BackendConfig], dict[str, Any] | None]
     idempotent: bool
     check: Callable[[dict[str, Any], BackendName], None]
+    # Ask the backend to stream, and buffer it: the first-token and stall limits then apply,
+    # and a cut, stalled or malformed stream is never a "successful" truncated answer.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,37 @@ class Outcome:
     backend: BackendName
     fallback: str | None
     attempts: int
+
+
+def counts_against(exc: BackendError, deadline: Deadline) -> bool:
+    """Whether a failed attempt is evidence against the backend (for its breaker and a wake).
+
+    A timeout is not when the caller's own short deadline cut the attempt's budget, nor when
+    no time was left to make the attempt at all: otherwise any caller could open a healthy
+    backend's circuit for everyone.
+    """
+    if isinstance(exc, NoTimeLeft):
+        return False
+    return not (isinstance(exc, BackendTimeout) and deadline.shortened)
+
+
+def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
+              too_large: bool = False) -> RouterError:
+    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After."""
+    if too_large:
+        return AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
+    if deadline.expired():
+        return DeadlineExceeded("no backend answered before the deadline", reasons=tuple(reasons))
+    return NoBackend("no backend is available right now",
+                     retry_after_s=max(1, round(retry_after or 5)), reasons=tuple(reasons))
+
+
+def rejected_error(exc: BackendRejected, secrets: Sequence[str]) -> BadRequest:
+    """The caller's 400: the provider's own code and message (sanitised), or a generic one."""
+    message = exc.provider_message or rejected_detail(exc)
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]")
+    return BadRequest(message, code=exc.provider_code or "rejected_by_backend")
 
 
 class FallbackEngine:
@@ -64,77 +107,125 @@ class FallbackEngine:
                                               settings.breaker_cooldown_s)
                          for name in backends}
 
-    def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline) -> Outcome:
-        """Serve `call` from the first backend in `order` that answers within the deadline."""
+    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline
+                  ) -> Outcome:
+        """Serve `call` from the first backend in `order` that answers within the deadline.
+
+        A wake of the Space runs on its own thread and is never awaited here: the answer does
+        not wait for the Hub (the function's edge gives it a bounded moment to leave).
+        """
         reasons: list[str] = []
         attempts = 0
-        wake: threading.Thread | None = None
         retry_after = 0.0
-        try:
-            for index, name in enumerate(order):
-                backend = self.backends[name]
-                breaker = self.breakers[name]
-                if not breaker.allow():
-                    reasons.append(CircuitOpen.reason)
-                    retry_after = max(retry_after, breaker.retry_after_s())
-                    wake = wake or self._maybe_wake(name, CircuitOpen.reason)
-                    continue
-                is_last = index == len(order) - 1
-                tries = [0]
-                try:
-                    payload = self._attempt(backend, call, deadline, is_last, tries)
-                except BackendError as exc:
-                    attempts += tries[0]
-                    if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
-                        breaker.record_success()
-                        raise BadRequest(rejected_detail(exc), code="rejected_by_backend") from None
-                    # A Space that says it is asleep or starting answers such probes in
-                    # milliseconds, and comes back soon after a wake: probe it sooner.
-                    not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
-                    breaker.record_failure(
-                        self.settings.space_probe_s if not_ready else None)
-                    reasons.append(exc.reason)
-                    if exc.retry_after_s is not None:
-                        retry_after = max(retry_after, exc.retry_after_s)
-                    wake = wake or self._maybe_wake(name, exc.reason)
-                    continue
+        too_large = False
+        for index, name in enumerate(order):
+            backend = self.backends[name]
+            breaker = self.breakers[name]
+            wait_s = self.skip_open(name)
+            if wait_s is not None:
+                reasons.append(CircuitOpen.reason)
+                retry_after = max(retry_after, wait_s)
+                continue
+            is_last = index == len(order) - 1
+            tries = [0]
+            try:
+                payload = await self._attempt(backend, call, deadline, is_last, tries)
+            except asyncio.CancelledError:
+                breaker.release()  # the caller went away: no verdict on the backend
+                raise
+            except BackendError as exc:
                 attempts += tries[0]
-                breaker.record_success()
-                return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-            if deadline.expired():
-                raise DeadlineExceeded("no backend answered before the deadline",
-                                       reasons=tuple(reasons))
-            raise NoBackend("no backend is available right now",
-                            retry_after_s=max(1, round(retry_after or 5)),
-                            reasons=tuple(reasons))
-        finally:
-            if wake is not None:
-                # Give the wake call a moment to leave before the platform freezes the container;
-                # it started before the fallback, so this rarely waits at all.
-                wake.join(min(self.settings.wake_grace_ms / 1000.0, deadline.remaining()))
+                if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
+                    breaker.record_success()  # the backend is fine; the request was not
+                    if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
+                        reasons.append(CONTEXT_TOO_LONG)  # the other may have a larger window
+                        continue
+                    raise rejected_error(exc, self.settings.secrets()) from None
+                reasons.append(exc.reason)
+                too_large = isinstance(exc, ResponseTooLarge)
+                if exc.retry_after_s is not None:
+                    retry_after = max(retry_after, exc.retry_after_s)
+                self.note_failure(name, exc, deadline)
+                continue
+            attempts += tries[0]
+            breaker.record_success()
+            return Outcome(payload, name, reasons[0] if reasons else None, attempts)
+        raise no_answer(reasons, retry_after, deadline, too_large=too_large)
 
-    def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
-                 tries: list[int]) -> dict[str, Any]:
-        # Keep time for the next backend, but never more than half of what is left.
-        reserve = 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
-                                           deadline.remaining() / 2)
+    def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
+        """A failed attempt: count it on the backend's breaker (if it is evidence against the
+        backend) and ask the Space to wake when the failure says it is not running."""
+        breaker = self.breakers[name]
+        if not counts_against(exc, deadline):
+            breaker.release()
+            return
+        # A Space that says it is asleep or starting answers such probes in milliseconds,
+        # and comes back soon after a wake: probe it sooner.
+        not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
+        breaker.record_failure(self.settings.space_probe_s if not_ready else None)
+        self._maybe_wake(name, exc.reason)
+
+    def skip_open(self, name: BackendName) -> float | None:
+        """None when the backend may be tried now; else seconds until its circuit's probe (and
+        a wake is asked for, if it is the Space)."""
+        breaker = self.breakers[name]
+        if breaker.allow():
+            return None
+        self._maybe_wake(name, CircuitOpen.reason)
+        return breaker.retry_after_s()
+
+    def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
+        """Time kept for the next backend: never more than half of what is left."""
+        return 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
+                                       deadline.remaining() / 2)
+
+    async def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
+                       tries: list[int]) -> dict[str, Any]:
+        reserve = self.reserve_s(deadline, is_last)
         body = call.body_for(backend.config)
 
-        def once(timeout_s: float) -> dict[str, Any]:
+        async def once(timeout_s: float) -> dict[str, Any]:
             tries[0] += 1
-            payload = backend.request(call.method, call.path, timeout_s=timeout_s,
-                                      json_body=body)
+            if call.stream and body is not None:
+                payload = await self._buffered(backend, call.path, body, timeout_s)
+            else:
+                payload = await backend.request(call.method, call.path, timeout_s=timeout_s,
+                                                json_body=body)
             call.check(payload, backend.name)
             return payload
 
-        return call_with_retries(once, budget_end=deadline.end - reserve,
+        return await call_with_retries(once, budget_end=deadline.end - reserve,
                                  attempts=self.settings.retry_attempts,
                                  idempotent=call.idempotent)
 
-    def _maybe_wake(self, name: BackendName, reason: str) -> threading.Thread | None:
-        if name != "space" or reason not in WAKE_REASONS:
-            return None
-        return self.waker.request(reason)
+    async def _buffered(self, backend: Backend, path: str, body: dict[str, Any],
+                        timeout_s: float) -> dict[str, Any]:
+        """One streamed attempt, read whole (within `timeout_s`) into a completion."""
+        limits = StreamLimits(self.settings.first_token_timeout_ms / 1000.0,
+                              self.settings.stream_stall_timeout_ms / 1000.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        opened = await backend.open_stream(
+            "POST", path, timeout_s=timeout_s, first_token_s=limits.first_token_s,
+            json_body={**body, "stream": True, "stream_options": {"include_usage": True}})
+        if opened.payload is not None:  # it answered JSON: the call's own check judges it
+            await opened.aclose()
+            return opened.payload
+        try:
+            chunks = [chunk async for chunk in opened.chunks(limits, started=started,
+                                                              end=started + timeout_s)]
+        except BaseException:
+            await opened.aclose()
+            raise
+        usage = await opened.finish()
+        completion = completion_from_chunks(chunks)
+        if usage is not None:
+            completion["usage"] = usage
+        return completion
+
+    def _maybe_wake(self, name: BackendName, reason: str) -> None:
+        if name == "space" and reason in WAKE_REASONS:
+            self.waker.request(reason)
 
     def breaker_states(self) -> dict[str, str]:
         """Each backend's circuit state, for `/health`."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ class HttpResponse:
     status: int
     body: str
     headers: dict[str, str] = field(default_factory=dict)
+    # The service's true streams only: SSE text, chunk by chunk (the function never sets it).
+    stream: AsyncIterator[str] | None = None
 
     @classmethod
     def json(cls, status: int, data: Any, headers: Mapping[str, str] | None = None

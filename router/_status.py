@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from router._errors import (
+    AnswerTooLarge,
     BadRequest,
     ConfigError,
     DeadlineExceeded,
@@ -30,6 +31,7 @@ STATUS: dict[type[RouterError], tuple[int, str]] = {
     ConfigError: (503, "service_unavailable"),
     DeadlineExceeded: (504, "timeout_error"),
     InternalError: (500, "api_error"),
+    AnswerTooLarge: (502, "api_error"),
     RouterError: (502, "api_error"),
 }
 

@@ -145,6 +145,7 @@ class SpaceWaker:
         self._token = settings.hf_token
         # Made on the first wake, not at cold start: most containers never need it.
         self.hub: SpaceHub | None = hub
+        self._thread: threading.Thread | None = None
 
     def request(self, reason: str) -> threading.Thread | None:
         """Start a wake in the background if allowed; return its thread, or None."""
@@ -155,7 +156,22 @@ class SpaceWaker:
         thread = threading.Thread(target=self._wake, args=(reason,), name="space-wake",
                                   daemon=True)
         thread.start()
+        self._thread = thread
         return thread
+
+    def settle(self, timeout_s: float) -> float:
+        """Wait up to `timeout_s` for a wake still in flight; return the seconds waited.
+
+        Only the function's edge calls this, just before it returns: the platform freezes the
+        container then, and the wake's call should have left by that time. The service never
+        waits: its process lives on.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive() or timeout_s <= 0:
+            return 0.0
+        started = time.monotonic()
+        thread.join(timeout_s)
+        return time.monotonic() - started
 
     def close(self) -> None:
         """Close our own Hub client (one handed in belongs to the caller)."""

@@ -105,27 +105,24 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from router_tools.gateway import Gateway, ensure_import_path, function_limits, load_entry
+    from router._do_event import WebFunction
+    from router_tools.gateway import ensure_import_path, function_limits
+    from router_tools.service import Service
 
-    # The function reads its settings from the environment, as on DigitalOcean.
+    # The router reads its settings from the environment, as the function does on DigitalOcean.
     for key, value in load_environment(args.env_file).items():
         os.environ.setdefault(key, value)
     ensure_import_path()
     timeout_ms = args.timeout_ms or function_limits(Path(args.project))["timeout"]
     try:
-        gateway = Gateway(load_entry(), namespace=args.namespace, timeout_ms=timeout_ms,
+        service = Service(WebFunction(), namespace=args.namespace, timeout_ms=timeout_ms,
                           host=args.host, port=args.port)
     except OSError as exc:
         sys.stderr.write(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
         return 2
-    sys.stderr.write(f"chat/ask at {gateway.function_url} (timeout {timeout_ms} ms)\n")
-    try:
-        gateway.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        gateway.server.server_close()
-    return 0
+    sys.stderr.write(f"chat/ask at {service.function_url} (timeout {timeout_ms} ms)\n")
+    service.serve_forever()  # SIGINT / SIGTERM: streams in flight finish, then it exits
+    return 0 if service.server.started else 3  # 3: a bad setting stopped the startup
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:

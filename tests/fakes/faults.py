@@ -45,11 +45,13 @@ FAULTS = [
           retry_after="1", resend=True),
     Fault("429 + Retry-After", "status:429", "rate_limited", "rate_limited",
           retry_after="1", resend=True),
-    Fault("500", "status:500", "unavailable", "unavailable"),
+    Fault("500 (sent again once)", "status:500", "unavailable", "unavailable", resend=True),
     Fault("malformed JSON", "bad_json", "error", "error"),
     Fault("JSON without choices", "no_choices", "error", "error"),
     Fault("wrong content type", "wrong_ctype", "error", "error"),
     Fault("truncated SSE stream", "sse_truncated", "error", "error"),
+    Fault("drip-feeding bytes", "drip", "timeout", "timeout", delay_s=20.0),
+    Fault("answer over 1 MB", "huge", "error", "error"),
 ]
 
 

@@ -10,6 +10,7 @@ runtime reads, or when the test calls `advance()`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -35,6 +36,8 @@ class FakeHub:
     stage: str = "SLEEPING"
     stage_after_restart: str = "APP_STARTING"
     fail_status: int | None = None
+    # How long the Hub takes to answer each call (a slow Hub must not hold the user's answer).
+    delay_s: float = 0.0
     restarts: int = 0
     restarted: threading.Event = field(default_factory=threading.Event)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -85,6 +88,8 @@ class FakeHub:
         method, path = scope["method"], unquote(scope["path"])
         with self._lock:
             self.calls.append((method, path))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         status, data = self._route(method, path, headers, raw)
         body = json.dumps(data).encode()
         head = [(b"content-type", b"application/json"),

@@ -6,7 +6,9 @@ told to: the HF sleeping page (200 + HTML), 502/503/504, hangs, resets, bad JSON
 Modes: ok, sleeping, status:N (with `retry_after`), hang, slow (`delay_s` before the first
 byte), bad_json, no_choices, wrong_ctype, reset, sse_truncated (200 text/event-stream cut off
 before `[DONE]`), empty_data (an embeddings answer with no vectors), huge (a well-formed
-completion of `huge_bytes`), flap (cycles awake/asleep/starting every `flap_period_s`).
+completion of `huge_bytes`), flap (cycles awake/asleep/starting every `flap_period_s`),
+drip (200 JSON headers, then one byte every `drip_every_s` for up to `delay_s`; `dropped_at`
+records when the client hung up).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class FakeBackend:
     delay_s: float = 0.0
     huge_bytes: int = 1_100_000
     flap_period_s: float = 0.05
+    drip_every_s: float = 0.05
+    error_body: dict[str, Any] | None = None  # what status:N answers (default: a bare error)
+    dropped_at: list[float] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,7 +90,30 @@ class FakeBackend:
             parsed = None
         with self._lock:
             self.seen.append(Seen(scope["method"], scope["path"], headers, parsed))
+        if self.mode == "drip":
+            await self._drip(receive, send)
+            return
         await self._answer(scope["path"], headers, parsed, send)
+
+    async def _drip(self, receive: Any, send: Any) -> None:
+        # A backend that keeps the connection busy with one byte at a time, each well inside
+        # any per-read timeout, and notes when the client gives up on it.
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            with self._lock:
+                self.dropped_at.append(time.monotonic())
+
+        watcher = asyncio.create_task(watch())
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        end = time.monotonic() + self.delay_s
+        while not watcher.done() and not self.released.is_set() and time.monotonic() < end:
+            await send({"type": "http.response.body", "body": b" ", "more_body": True})
+            await asyncio.sleep(self.drip_every_s)
+        if not watcher.done():
+            watcher.cancel()
+            await send({"type": "http.response.body", "body": b"{}"})
 
     async def _send(self, send: Any, status: int, body: bytes, ctype: str = "application/json",
                     extra: dict[str, str] | None = None) -> None:
@@ -112,8 +140,8 @@ class FakeBackend:
             return
         if mode.startswith("status:"):
             status = int(mode.split(":")[1])
-            await self._send(send, status, json.dumps({"error": {"message": "fake"}}).encode(),
-                             extra=extra)
+            error = self.error_body or {"error": {"message": "fake"}}
+            await self._send(send, status, json.dumps(error).encode(), extra=extra)
             return
         if mode == "hang":
             await self._hold(60)

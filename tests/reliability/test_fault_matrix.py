@@ -2,7 +2,7 @@
 
 GIVEN one backend failing in one way (tests/reliability/faults.py) and the other healthy, or
 no fallback at all, WHEN a chat request comes, THEN:
-- the answer (the other backend's, or the documented 503/504) comes by the deadline + 100 ms;
+- the answer (the other backend's, or the documented 502/503/504) comes by the deadline + 100 ms;
 - its headers name the backend that answered and the reason (`X-Chat-Fallback`);
 - the failing backend got the generation at most once, unless the model never ran it.
 """
@@ -105,6 +105,10 @@ def test_fault(scenario: str, fault: Fault, make_main: Callable[[dict[str, str]]
         assert headers["x-chat-fallback"] == reason
         assert body["choices"][0]["message"]["content"].startswith(f"{fallback}:")
         assert fakes[fallback].generation_requests() == 1
+    elif fault.mode == "huge":
+        # The backend's answer, not the caller's request, was too large: 502, never 413.
+        assert status == 502, body
+        assert body["error"]["code"] == "response_too_large"
     elif reason == "timeout":
         assert status == 504, body
         assert body["error"]["code"] == "deadline_exceeded"

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from router._backends import POOL_WORKERS
-from router_tools.gateway import Gateway
+from router_tools.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
+from tests.support.service import serve_main
 
 DEADLINE_MS = 2000
 ROUNDS = 3
@@ -49,18 +49,18 @@ def open_sockets() -> int:
     return count
 
 
-POOL_PREFIX = "backend"  # router/_backends.py's attempt pool: per process, bounded, kept warm
-POOL_MAX = POOL_WORKERS
+POOL_PREFIX = "router-loop"  # router/_event_loop.py: one loop thread per container, kept warm
+POOL_MAX = 1
 
 
 def threads() -> int:
-    """Python threads alive in this process, but for the router's bounded attempt pool (its
-    threads live as long as the process, by design, and only grow up to POOL_MAX)."""
+    """Python threads alive in this process, but for the router's event-loop thread (it lives
+    as long as the container, by design: one, POOL_MAX)."""
     return sum(1 for t in threading.enumerate() if not t.name.startswith(POOL_PREFIX))
 
 
 def pool_threads() -> int:
-    """Threads of the router's attempt pool."""
+    """The router's event-loop threads."""
     return sum(1 for t in threading.enumerate() if t.name.startswith(POOL_PREFIX))
 
 
@@ -101,18 +101,18 @@ async def burst(url: str, n: int, rounds: int, ledger: Ledger) -> list[tuple[int
 
 @pytest.fixture
 def gateway(make_main: Callable[[dict[str, str]], Any], env: dict[str, str],
-            space: FakeBackend) -> Iterator[Gateway]:
+            space: FakeBackend) -> Iterator[Service]:
     space.mode = "flap"
     space.flap_period_s = 0.15
     # A short cool-down, so the breaker keeps probing the Space through its flaps.
     main = make_main({**env, "ROUTER_DEADLINE_MS": str(DEADLINE_MS),
                       "FALLBACK_RESERVE_MS": "1000", "BREAKER_COOLDOWN_S": "0.05"})
-    gw = Gateway(main, namespace="load", port=0).start()
+    gw = serve_main(main, namespace="load", port=0)
     yield gw
     gw.stop()
 
 
-def test_load_with_a_flapping_space(gateway: Gateway, worker: FakeBackend, space: FakeBackend,
+def test_load_with_a_flapping_space(gateway: Service, worker: FakeBackend, space: FakeBackend,
                                     ledger: Ledger, results: Results) -> None:
     url = gateway.function_url
     asyncio.run(burst(url, LOAD_REQUESTS, 1, ledger))  # grow every pool to its working size

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from router._do_event import FunctionContext
-from router_tools.gateway import Gateway
 from tests.conftest import load_event, with_body
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import WORKER_API_TOKEN, Ledger
+from tests.support.service import serve_main
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -35,7 +35,7 @@ def test_gateway_takes_a_burst_of_connections(main: Main, ledger: Ledger) -> Non
 
     It listened with socketserver's backlog of 5: most of a burst of 200 was reset by the
     kernel (httpx.ReadError) before any handler ran."""
-    gw = Gateway(main, port=0).start()
+    gw = serve_main(main, port=0)
 
     async def burst(n: int) -> Counter[Any]:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
@@ -105,17 +105,19 @@ def test_embeddings_with_missing_vectors_are_not_an_answer(main: Main, worker: F
 
 
 @pytest.mark.parametrize("event", ["chat_completions", "chat_completions_stream", "ai_chat"])
-def test_an_answer_over_1_mb_is_a_413_streamed_or_not(main: Main, worker: FakeBackend,
-                                                      ledger: Ledger, event: str) -> None:
+def test_an_answer_over_1_mb_falls_back_streamed_or_not(main: Main, worker: FakeBackend,
+                                                        ledger: Ledger, event: str) -> None:
     """GIVEN a worker whose completion is 1.1 MB WHEN asked, streamed or not
-    THEN 413 response_too_large, never a body over the platform's 1 MB cap.
+    THEN the Space answers instead (`X-Chat-Fallback: error`), never a body over the platform's
+    1 MB cap, and never a 413 (which would blame the caller's request).
 
     The JSON answers were capped, but `stream: true` rendered the SSE body without the check
-    and answered 200 with 1.1 MB, which DigitalOcean would have cut."""
+    and answered 200 with 1.1 MB, which DigitalOcean would have cut; then both answered 413."""
     worker.mode = "huge"
     answer = ask(main, load_event(event), ledger)
-    assert answer["statusCode"] == 413
-    assert json.loads(answer["body"])["error"]["code"] == "response_too_large"
+    assert answer["statusCode"] == 200
+    assert answer["headers"]["x-chat-backend"] == "space"
+    assert answer["headers"]["x-chat-fallback"] == "error"
     assert len(answer["body"]) < 1_000_000
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 import router
-from router._backends import _HTTPX_ERRORS, classify_response, translate_httpx_error
 from router._breaker import CircuitBreaker
+from router._classify import _HTTPX_ERRORS, classify_response, translate_httpx_error
 from router._config import Settings
 from router._errors import (
     BackendError,
@@ -156,7 +158,7 @@ def test_retry_budget_and_idempotency():
     calls: list[float] = []
 
     def failing(error: BackendError):
-        def fn(timeout_s: float) -> None:
+        async def fn(timeout_s: float) -> None:
             calls.append(timeout_s)
             raise error
         return fn
@@ -164,20 +166,20 @@ def test_retry_budget_and_idempotency():
     now = [100.0]
     sent = BackendUnavailable("x", backend="worker", sent=True, retryable=True)
     with pytest.raises(BackendUnavailable):
-        call_with_retries(failing(sent), budget_end=105.0, attempts=3, idempotent=False,
-                          clock=lambda: now[0])
+        asyncio.run(call_with_retries(failing(sent), budget_end=105.0, attempts=3,
+                                      idempotent=False, clock=lambda: now[0]))
     assert len(calls) == 1
     calls.clear()
     unsent = BackendUnavailable("x", backend="worker", sent=False, retryable=True)
     with pytest.raises(BackendUnavailable):
-        call_with_retries(failing(unsent), budget_end=105.0, attempts=3, idempotent=False,
-                          clock=lambda: now[0])
+        asyncio.run(call_with_retries(failing(unsent), budget_end=105.0, attempts=3,
+                                      idempotent=False, clock=lambda: now[0]))
     assert calls == [5.0, 5.0, 5.0]
     calls.clear()
     router._retry.set_backoff(True)
     late = BackendRateLimited("x", backend="worker", sent=False, retryable=True,
                               retry_after_s=30.0)
     with pytest.raises(BackendRateLimited):
-        call_with_retries(failing(late), budget_end=105.0, attempts=3, idempotent=False,
-                          clock=lambda: now[0])
+        asyncio.run(call_with_retries(failing(late), budget_end=105.0, attempts=3,
+                                      idempotent=False, clock=lambda: now[0]))
     assert len(calls) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any
 
@@ -66,22 +65,18 @@ def test_scheduled_run_wakes_the_space_then_llm_is_served_by_it(
 
 def test_warmup_keeps_ask_warm_with_the_marker(make_main, make_warmup, env, worker: FakeBackend,
                                                space: FakeBackend, hub: FakeHub):
-    """GIVEN ASK_URL pointing at the `ask` function (served on loopback by the gateway)
+    """GIVEN ASK_URL pointing at the `ask` function (served on loopback by the service)
     WHEN the warmup runs THEN `ask` answers the marker at once and no backend sees a request."""
-    from router_tools.gateway import Gateway
+    from tests.support.service import serve_main
 
     hub.stage = "RUNNING"
-    gateway = Gateway(make_main(env), namespace="ns", timeout_ms=28_000, host="127.0.0.1",
-                      port=0)
-    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
-    thread.start()
+    gateway = serve_main(make_main(env), namespace="ns", timeout_ms=28_000, host="127.0.0.1",
+                         port=0)
     try:
         seen_before = len(worker.seen) + len(space.seen)
         report = make_warmup({**env, "ASK_URL": gateway.function_url})(scheduled_event(), None)
     finally:
-        gateway.server.shutdown()
-        gateway.server.server_close()
-        thread.join(5)
+        gateway.stop()
     assert report["health"]["ask"]["status"] == "ok"
     assert "warm_ask" in report["actions"]
     # Only the warmup's own /health pings reached the backends: ask touched none.

@@ -1,0 +1,293 @@
+"""The service's streams (`python -m router serve`), each figure beside its direct baseline.
+
+Three processes: a bench backend (uvicorn), the service in front of it (`python -m router
+serve`, as deployed), and this client. The backend streams `max_tokens` tokens, one chunk each,
+`temperature` x 10 ms apart, and stamps each chunk with its send time (`x_sent`), so the added
+latency of every chunk is measured on one clock; a `stream: false` request is answered after
+20 ms. The backend keeps idle connections 75 s, as production proxies do (uvicorn's default
+5 s makes it close the router's pooled connections between phases, and new connections then
+meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
+
+    .venv/bin/python -m bench.streaming [--streams 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import ROOT, free_port, pct
+
+JSON_DELAY_S = 0.02
+IDLE_CONNECTIONS = 300
+CONCURRENT_STREAMS = 200
+STREAM_TOKENS = 60
+
+
+async def backend_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The bench backend (ASGI): paced, stamped chunk streams, or JSON after 20 ms."""
+    if scope["type"] != "http":
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        return
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    body = json.loads(raw or b"{}")
+    tokens, every_s = int(body.get("max_tokens") or 8), float(body.get("temperature") or 0) / 100
+    if not body.get("stream"):
+        await asyncio.sleep(JSON_DELAY_S)
+        data = json.dumps({"id": "b", "object": "chat.completion", "created": 1, "model": "b",
+                           "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                               "role": "assistant", "content": "ok"}}]}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": data})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    for index in range(tokens + 1):
+        last = index == tokens
+        chunk = {"id": "b", "object": "chat.completion.chunk", "created": 1, "model": "b",
+                 "x_sent": time.time(), "choices": [{"index": 0, "delta": {} if last else {
+                     "content": f" t{index}"}, "finish_reason": "stop" if last else None}]}
+        await send({"type": "http.response.body", "more_body": True,
+                    "body": f"data: {json.dumps(chunk)}\n\n".encode()})
+        if every_s and not last:
+            await asyncio.sleep(every_s)
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def _serve_backend(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(backend_app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
+                http="httptools", lifespan="off", backlog=2048, timeout_keep_alive=75)
+
+
+@contextmanager
+def _processes() -> Iterator[tuple[str, str]]:
+    """(backend URL, service function URL), both ready."""
+    bport, sport = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env_file = Path(tmp) / "bench.env"
+        env_file.write_text(f"WORKER_URL=http://127.0.0.1:{bport}\nLOG_LEVEL=WARNING\n")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve",
+                                       str(bport)], cwd=ROOT, env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "router", "serve", "--port",
+                                       str(sport), "--namespace", "bench", "--env-file",
+                                       str(env_file)], cwd=ROOT, env=env,
+                                      stderr=subprocess.DEVNULL))
+        backend = f"http://127.0.0.1:{bport}"
+        function = f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask"
+        try:
+            _wait(function + "/health")
+            _wait(backend + "/", status=None)
+            yield backend, function
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+
+
+def _wait(url: str, status: int | None = 200) -> None:
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            answer = httpx.post(url, json={}, timeout=2) if status is None else \
+                httpx.get(url, timeout=2)
+            if status is None or answer.status_code == status:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _body(tokens: int, pace_10ms: float, stream: bool = True) -> dict[str, Any]:
+    return {"model": "small", "stream": stream, "max_tokens": tokens, "temperature": pace_10ms,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _one_stream(client: httpx.Client, url: str, body: dict[str, Any]
+                ) -> tuple[float, list[float]]:
+    """(time to first token, each chunk's delivery lag), in ms."""
+    started = time.perf_counter()
+    ttft = -1.0
+    lags: list[float] = []
+    with client.stream("POST", url, json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            now = time.time()
+            chunk = json.loads(line[6:])
+            if "x_sent" in chunk:
+                lags.append((now - chunk["x_sent"]) * 1000)
+                if ttft < 0:
+                    ttft = (time.perf_counter() - started) * 1000
+    return ttft, lags
+
+
+def latency(backend: str, function: str, streams: int) -> dict[str, dict[str, float]]:
+    """TTFT and per-chunk lag at concurrency 1, direct and through the service, alternating."""
+    body = _body(STREAM_TOKENS, 0.2)  # a chunk every 2 ms
+    paths = {"direct": backend + "/v1/chat/completions",
+             "service": function + "/v1/chat/completions"}
+    ttft: dict[str, list[float]] = {name: [] for name in paths}
+    lags: dict[str, list[float]] = {name: [] for name in paths}
+    with httpx.Client(timeout=30) as client:
+        for index in range(streams + 10):
+            for name, url in paths.items():
+                first, chunk_lags = _one_stream(client, url, body)
+                if index >= 10:  # the first ten warm the pools
+                    ttft[name].append(first)
+                    lags[name].extend(chunk_lags)
+    return {name: {"ttft_p50": pct(ttft[name], 50), "ttft_p99": pct(ttft[name], 99),
+                   "chunk_p50": pct(lags[name], 50), "chunk_p99": pct(lags[name], 99)}
+            for name in paths}
+
+
+async def _crowd(function: str) -> dict[str, float]:
+    idle = []
+    host, port = function.split("//")[1].split("/")[0].split(":")
+    for _ in range(IDLE_CONNECTIONS):
+        idle.append(await asyncio.open_connection(host, int(port)))
+    url = function + "/v1/chat/completions"
+    body = _body(STREAM_TOKENS, 2.0)  # a chunk every 20 ms, like a 50 token/s model
+    limits = httpx.Limits(max_connections=CONCURRENT_STREAMS)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def one() -> tuple[float, int]:
+            started = time.perf_counter()
+            first, count = -1.0, 0
+            async with client.stream("POST", url, json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {") and '"x_sent"' in line:
+                        count += 1
+                        if first < 0:
+                            first = (time.perf_counter() - started) * 1000
+            return first, count
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(CONCURRENT_STREAMS)),
+                                       return_exceptions=True)
+        wall = time.perf_counter() - started
+    alive = sum(1 for _, writer in idle if not writer.is_closing())
+    for _, writer in idle:
+        writer.close()
+    done = [r for r in results if isinstance(r, tuple) and r[1] == STREAM_TOKENS + 1]
+    firsts = [r[0] for r in done]
+    return {"complete": len(done), "ttft_p50": pct(firsts, 50) if firsts else -1,
+            "ttft_p99": pct(firsts, 99) if firsts else -1, "wall_s": wall,
+            "idle_open": alive}
+
+
+def _rate(url: str, body: dict[str, Any], seconds: float, concurrency: int) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            end = time.perf_counter() + seconds
+            times: list[float] = []
+            errors = 0
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < end:
+                    started = time.perf_counter()
+                    try:
+                        answer = await client.post(url, json=body)
+                        errors += answer.status_code != 200
+                    except httpx.HTTPError:
+                        errors += 1
+                    times.append((time.perf_counter() - started) * 1000)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            wall = time.perf_counter() - started
+        return {"req_s": len(times) / wall, "p50": pct(times, 50), "p99": pct(times, 99),
+                "errors": errors}
+
+    return asyncio.run(run())
+
+
+def streaming(streams: int = 200, rate_s: float = 10.0, concurrency: int = 32
+              ) -> dict[str, Any]:
+    """Every figure of the service's streaming bench."""
+    with _processes() as (backend, function):
+        out: dict[str, Any] = {"latency": latency(backend, function, streams)}
+        out["crowd"] = asyncio.run(_crowd(function))
+        out["crowd_direct"] = asyncio.run(_crowd(backend))
+        body = _body(8, 0, stream=False)
+        out["rate"] = {
+            "direct": _rate(backend + "/v1/chat/completions", body, rate_s, concurrency),
+            "service": _rate(function + "/v1/chat/completions", body, rate_s, concurrency)}
+        out["concurrency"] = concurrency
+        out["streams"] = streams
+    return out
+
+
+def rows(fig: dict[str, Any]) -> list[str]:
+    """The bench table's rows for the service."""
+    lat, crowd, rate, bare = fig["latency"], fig["crowd"], fig["rate"], fig["crowd_direct"]
+    d, s = lat["direct"], lat["service"]
+    add = {k: s[k] - d[k] for k in d}
+    ok = add["ttft_p99"] <= 1 and add["chunk_p99"] <= 1
+    crowd_ok = crowd["complete"] == CONCURRENT_STREAMS and crowd["ttft_p99"] < 1000
+    return [
+        f"| service stream, concurrency 1, {fig['streams']} streams of {STREAM_TOKENS} chunks "
+        f"| added time to first token, p50 / p99 | {add['ttft_p50']:.3f} / "
+        f"{add['ttft_p99']:.3f} ms | direct {d['ttft_p50']:.2f} / {d['ttft_p99']:.2f} ms, "
+        f"service {s['ttft_p50']:.2f} / {s['ttft_p99']:.2f} ms | added p99 ≤ 1 ms: "
+        f"{'**met**' if ok else '**missed**'} |",
+        f"| | added per-chunk latency, p50 / p99 | {add['chunk_p50']:.3f} / "
+        f"{add['chunk_p99']:.3f} ms | direct {d['chunk_p50']:.3f} / {d['chunk_p99']:.3f} ms "
+        f"(backend send to client receive) | Go gateway 0.94 ms, Portkey 3.3 ms (published) |",
+        f"| {CONCURRENT_STREAMS} concurrent {STREAM_TOKENS}-token streams (a chunk each 20 ms) "
+        f"with {IDLE_CONNECTIONS} idle connections open | complete; first token p50 / p99 | "
+        f"{crowd['complete']}/{CONCURRENT_STREAMS}; {crowd['ttft_p50']:.1f} / "
+        f"{crowd['ttft_p99']:.1f} ms | {crowd['wall_s']:.2f} s in all; idle connections still "
+        f"open: {crowd['idle_open']}; the same straight to the backend: {bare['complete']} "
+        f"complete, first token {bare['ttft_p50']:.1f} / {bare['ttft_p99']:.1f} ms, "
+        f"{bare['wall_s']:.2f} s | all complete, p99 < 1 s: "
+        f"{'**met**' if crowd_ok else '**missed**'} |",
+        f"| sustained requests, backend answers in 20 ms, {fig['concurrency']} clients | "
+        f"req/s; p50 / p99 | {rate['service']['req_s']:.0f} req/s; "
+        f"{rate['service']['p50']:.1f} / {rate['service']['p99']:.1f} ms | direct "
+        f"{rate['direct']['req_s']:.0f} req/s; {rate['direct']['p50']:.1f} / "
+        f"{rate['direct']['p99']:.1f} ms; errors {rate['service']['errors']} | |",
+    ]
+
+
+def main() -> None:
+    """Serve the bench backend (`--serve PORT`), or run the bench and print its rows."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", type=int)
+    parser.add_argument("--streams", type=int, default=200)
+    args = parser.parse_args()
+    if args.serve:
+        _serve_backend(args.serve)
+        return
+    fig = streaming(args.streams)
+    sys.stdout.write(json.dumps(fig, indent=1) + "\n" + "\n".join(rows(fig)) + "\n")
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(None)
+    main()

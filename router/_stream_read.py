@@ -1,0 +1,204 @@
+"""Reading a backend's OpenAI chunk stream, with the checks that make a stream a success.
+
+A stream succeeds only when a chunk carries a `finish_reason`. No content within the first-token
+limit, no chunk within the stall limit, a cut (the body ends first), an `{"error": ...}` event
+or a malformed chunk is a `BackendError`, so the engine fails over. Both paths use it: the
+service relays the chunks as they come; the function's buffered path reads a whole SSE answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from router._errors import BackendProtocolError, BackendTimeout, BackendUnavailable
+
+
+class StreamCut(BackendUnavailable):
+    """The stream ended (or failed) before any `finish_reason`."""
+
+
+class StreamStalled(BackendTimeout):
+    """No first content, or no next chunk, within its limit."""
+
+
+class StreamErrorEvent(BackendUnavailable):
+    """The backend sent an `{"error": ...}` event inside the stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Seconds allowed before the first content, and between two chunks."""
+
+    first_token_s: float
+    stall_s: float
+
+
+class SseParser:
+    """Splits bytes into `data:` payloads (strings), across chunk boundaries."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        # Events that came in the same read as the finish chunk (usage, `[DONE]`).
+        self.rest: list[str] = []
+
+    def partial(self) -> bool:
+        """Whether an event was begun but never ended."""
+        return bool(self._buffer.strip())
+
+    def feed(self, data: bytes) -> list[str]:
+        """The complete events' data in `data` (and what was left before)."""
+        self._buffer += data.replace(b"\r\n", b"\n")
+        out: list[str] = []
+        while b"\n\n" in self._buffer:
+            event, self._buffer = self._buffer.split(b"\n\n", 1)
+            lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                out.append(b"\n".join(lines).decode("utf-8", "replace"))
+        return out
+
+
+def check_chunk(data: str, backend: str) -> dict[str, Any] | None:
+    """One event's data as a chunk object, None for `[DONE]`; raise what a bad one means."""
+    if data.strip() == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise BackendProtocolError(f"{backend}: malformed stream chunk", backend=backend) from None
+    if isinstance(chunk, dict) and "error" in chunk:
+        raise StreamErrorEvent(f"{backend}: error event in the stream", backend=backend)
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise BackendProtocolError(f"{backend}: stream chunk without choices", backend=backend)
+    for choice in choices:
+        delta = choice.get("delta", {})
+        if not isinstance(delta, dict) or not isinstance(delta.get("content"), str | None):
+            raise BackendProtocolError(f"{backend}: malformed stream delta", backend=backend)
+    checked: dict[str, Any] = chunk
+    return checked
+
+
+def content_of(chunk: dict[str, Any]) -> str:
+    """The text a chunk adds."""
+    choices = chunk.get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+def finish_of(chunk: dict[str, Any]) -> str | None:
+    """The chunk's `finish_reason`, if any."""
+    choices = chunk.get("choices") or [{}]
+    reason = choices[0].get("finish_reason")
+    return str(reason) if reason else None
+
+
+async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLimits, *,
+                      started: float, end: float, parser: SseParser | None = None
+                      ) -> AsyncIterator[dict[str, Any]]:
+    """Yield each checked chunk as it arrives, up to and including the one with the
+    `finish_reason` (then stop at once: no wait for a `[DONE]` that may never come).
+
+    `started` and `end` are on the loop's clock: the request's start, and the attempt's end.
+    Each read has its own limit, so no timer runs while the caller handles a chunk.
+    """
+    loop = asyncio.get_running_loop()
+    parser = parser or SseParser()
+    seen_content = False
+    while True:
+        if seen_content:
+            read_by, what = loop.time() + limits.stall_s, "stalled"
+        else:
+            read_by, what = started + limits.first_token_s, "no first token in time"
+        try:
+            async with asyncio.timeout_at(min(read_by, end)):
+                data = await anext(body)
+        except StopAsyncIteration:
+            if parser.partial():  # a chunk cut in the middle: never passed on
+                raise BackendProtocolError(f"{backend}: stream cut inside a chunk",
+                                           backend=backend) from None
+            raise StreamCut(f"{backend}: stream ended without a finish_reason",
+                            backend=backend) from None
+        except TimeoutError:
+            raise StreamStalled(f"{backend}: stream {what}", backend=backend) from None
+        events = parser.feed(data)
+        for index, event in enumerate(events):
+            chunk = check_chunk(event, backend)
+            if chunk is None:
+                raise StreamCut(f"{backend}: [DONE] without a finish_reason", backend=backend)
+            seen_content = seen_content or bool(content_of(chunk)) or bool(finish_of(chunk))
+            yield chunk
+            if finish_of(chunk):
+                parser.rest = events[index + 1:]
+                return
+
+
+def usage_in(events: Iterable[str]) -> dict[str, Any] | None:
+    """The `usage` object of the events after the finish chunk, if one carries it."""
+    usage = None
+    for event in events:
+        try:
+            chunk = json.loads(event)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+    return usage
+
+
+def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Fold checked chunks into one `chat.completion` object."""
+    text: list[str] = []
+    first: dict[str, Any] = {}
+    finish = "stop"
+    usage = None
+    for chunk in chunks:
+        first = first or chunk
+        text.append(content_of(chunk))
+        finish = finish_of(chunk) or finish
+        usage = chunk.get("usage") or usage
+    out: dict[str, Any] = {
+        "id": first.get("id", "chatcmpl-router"), "object": "chat.completion",
+        "created": first.get("created", 0), "model": first.get("model", ""),
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": "".join(text)}}],
+    }
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def chunks_of_completion(completion: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    """A whole `chat.completion` as the chunks a stream of it would carry."""
+    base = {"id": completion.get("id", "chatcmpl-router"), "object": "chat.completion.chunk",
+            "created": completion.get("created", 0), "model": completion.get("model", "")}
+    choices = completion.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+        raise BackendProtocolError("answer has no message", backend=backend)
+    content = str(message.get("content") or "")
+    return [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
+                              "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {},
+                              "finish_reason": choice.get("finish_reason") or "stop"}]},
+    ]
+
+
+def completion_from_sse(body: bytes, backend: str) -> dict[str, Any]:
+    """A whole SSE answer (a backend that streamed when asked not to) as a completion, with the
+    same checks: cut, error event or malformed chunk raise; never a truncated "success"."""
+    parser = SseParser()
+    chunks: list[dict[str, Any]] = []
+    for event in parser.feed(body + b"\n\n"):
+        chunk = check_chunk(event, backend)
+        if chunk is None:
+            break
+        chunks.append(chunk)
+        if finish_of(chunk):
+            return completion_from_chunks(chunks)
+    raise StreamCut(f"{backend}: stream ended without a finish_reason", backend=backend)
+

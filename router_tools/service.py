@@ -1,0 +1,231 @@
+"""The router as a service (`python -m router serve`): a plain ASGI app on uvicorn.
+
+It serves the `ask` function's endpoints on DigitalOcean's URL shape
+(`/api/v1/web/<namespace>/chat/ask/...`) and the chat page at `/`, with the same library the
+function runs (one engine), awaited on uvicorn's loop. Unlike the function, `stream: true`
+streams for real (router/_streaming.py). Each request gets the deadline the function would: the
+configured one, within project.yml's `limits.timeout`.
+
+uvicorn brings the rest: uvloop and httptools where installed, a keep-alive timeout, a
+connection limit, graceful SIGTERM (streams in flight get `grace_s` to finish); an idle or slow
+client costs a socket, never a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Self
+
+from router._do_event import PLATFORM_BODY_LIMIT, WebFunction
+from router._http_types import HttpRequest, HttpResponse
+from router._stream_out import STREAMING
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+# uvicorn's knobs: idle keep-alive sockets close after this; past `limit_concurrency` open
+# connections new ones get a 503; SIGTERM lets streams in flight finish for `grace_s`.
+KEEP_ALIVE_S = 5
+CONNECTION_LIMIT = 2_000
+GRACE_S = 30.0
+
+
+def _error(status: int, code: str, message: str) -> HttpResponse:
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    return HttpResponse.json(status, {"error": {"type": kind, "code": code, "message": message}})
+
+
+class RouterService:
+    """The ASGI app: the function's routes under its URL prefix, and the chat page."""
+
+    def __init__(self, function: WebFunction, *, namespace: str = "local",
+                 timeout_ms: int = 28_000) -> None:
+        self.function = function
+        self.namespace = namespace
+        self.timeout_ms = timeout_ms
+        self.prefix = f"/api/v1/web/{namespace}/chat/ask"
+        self._path_re = re.compile(rf"^{re.escape(self.prefix)}(?P<rest>/.*)?$")
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.function.router()  # settings are checked once, at startup
+                except Exception as exc:  # a bad setting: uvicorn reports it and exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.function.router().aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        match = self._path_re.match(scope["path"])
+        if match is None:
+            await _send(send, self._static(scope["path"]))
+            return
+        body = await _read_body(headers, receive)
+        if body is None:
+            await _send(send, _error(413, "payload_too_large", "request over 1 MB"), close=True)
+            return
+        if headers.get("origin") == f"http://{headers.get('host', '')}":
+            # The chat page this service serves calls from its own origin: a same-origin
+            # request, which CORS does not govern (browsers send Origin on POST anyway).
+            del headers["origin"]
+        request = HttpRequest(scope["method"], match.group("rest") or "/", headers, body,
+                              scope.get("query_string", b"").decode("latin-1"))
+        token = STREAMING.set(True)
+        try:
+            response = await self.function.router().handle_async(request, self.timeout_ms)
+        finally:
+            STREAMING.reset(token)
+        await _send(send, response, receive=receive)
+
+    def _static(self, path: str) -> HttpResponse:
+        if path in ("/", "/index.html") and (STATIC / "index.html").is_file():
+            page = (STATIC / "index.html").read_text().replace("{{FUNCTION_PATH}}", self.prefix)
+            return HttpResponse(200, page, {"content-type": "text/html; charset=utf-8"})
+        return _error(404, "not_found", f"the function lives at {self.prefix}")
+
+
+async def _read_body(headers: dict[str, str], receive: Any) -> bytes | None:
+    """The request body, or None past the platform's 1 MB (checked while reading)."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > PLATFORM_BODY_LIMIT:
+        return None
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return bytes(body)
+        body += message.get("body", b"")
+        if len(body) > PLATFORM_BODY_LIMIT:
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def _send(send: Any, response: HttpResponse, *, close: bool = False,
+                receive: Any = None) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if close:
+        headers.append((b"connection", b"close"))
+    if response.stream is None:
+        data = response.body.encode("utf-8")
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+        return
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        # The client hanging up ends the relay, and so the backend's stream.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    stream = response.stream
+    try:
+        async for text in stream:
+            if gone.is_set():
+                break
+            await send({"type": "http.response.body", "body": text.encode("utf-8"),
+                        "more_body": True})
+        if not gone.is_set():
+            await send({"type": "http.response.body", "body": b""})
+    finally:
+        watcher.cancel()
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def uvicorn_config(app: RouterService, *, host: str, port: int | None = None,
+                   grace_s: float = GRACE_S) -> Any:
+    """uvicorn's config for the service: uvloop and httptools where they are installed."""
+    import importlib.util
+
+    import uvicorn
+
+    fast = importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
+    return uvicorn.Config(app, host=host, port=port or 0, lifespan="on", log_level="warning",
+                          loop="uvloop" if fast else "asyncio",
+                          http="httptools" if fast else "h11",
+                          timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=CONNECTION_LIMIT,
+                          timeout_graceful_shutdown=int(grace_s), backlog=2048,
+                          access_log=False, server_header=False, date_header=False)
+
+
+class Service:
+    """The service on a socket bound up front: `serve_forever` (the CLI) or `start` (tests)."""
+
+    thread_name = "router-service"
+
+    def __init__(self, function: WebFunction, *, namespace: str = "local",
+                 timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080) -> None:
+        import uvicorn
+
+        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
+        self.host = host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when it is.
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.server = uvicorn.Server(uvicorn_config(self.app, host=host))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def function_url(self) -> str:
+        """The function URL, in DigitalOcean's shape."""
+        return f"http://{self.host}:{self.port}{self.app.prefix}"
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until SIGINT or SIGTERM (then finish streams in flight)."""
+        self.server.run(sockets=[self.sock])
+
+    def start(self) -> Self:
+        """Serve on a background thread; return once it accepts connections."""
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                        daemon=True, name=self.thread_name)
+        self._thread.start()
+        ready = threading.Event()
+        while not self.server.started and self._thread.is_alive():
+            ready.wait(0.01)
+        if not self.server.started:
+            raise RuntimeError("the service did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.sock.close()
+
