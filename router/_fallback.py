@@ -27,7 +27,7 @@ from router._errors import (
     SpaceSleeping,
     SpaceStarting,
 )
-from router._retry import call_with_retries
+from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, completion_from_chunks
 from router._wake import SpaceWaker
 
@@ -121,20 +121,20 @@ class FallbackEngine:
         for index, name in enumerate(order):
             backend = self.backends[name]
             breaker = self.breakers[name]
-            wait_s = self.skip_open(name)
-            if wait_s is not None:
-                reasons.append(CircuitOpen.reason)
-                retry_after = max(retry_after, wait_s)
-                continue
             is_last = index == len(order) - 1
-            tries = [0]
+            tried: list[Attempt] = []
             try:
-                payload = await self._attempt(backend, call, deadline, is_last, tries)
+                self.admit(name)
+                payload = await self._attempt(backend, call, deadline, is_last, tried.append)
             except asyncio.CancelledError:
                 breaker.release()  # the caller went away: no verdict on the backend
                 raise
+            except CircuitOpen as exc:
+                reasons.append(exc.reason)
+                retry_after = max(retry_after, exc.retry_after_s or 0.0)
+                continue
             except BackendError as exc:
-                attempts += tries[0]
+                attempts += len(tried)
                 if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
                     breaker.record_success()  # the backend is fine; the request was not
                     if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
@@ -147,7 +147,7 @@ class FallbackEngine:
                     retry_after = max(retry_after, exc.retry_after_s)
                 self.note_failure(name, exc, deadline)
                 continue
-            attempts += tries[0]
+            attempts += len(tried)
             breaker.record_success()
             return Outcome(payload, name, reasons[0] if reasons else None, attempts)
         raise no_answer(reasons, retry_after, deadline, too_large=too_large)
@@ -165,14 +165,15 @@ class FallbackEngine:
         breaker.record_failure(self.settings.space_probe_s if not_ready else None)
         self._maybe_wake(name, exc.reason)
 
-    def skip_open(self, name: BackendName) -> float | None:
-        """None when the backend may be tried now; else seconds until its circuit's probe (and
-        a wake is asked for, if it is the Space)."""
+    def admit(self, name: BackendName) -> None:
+        """Raise CircuitOpen (with the seconds until its probe) when the backend is skipped
+        for now; a wake is asked for then, if it is the Space."""
         breaker = self.breakers[name]
         if breaker.allow():
-            return None
+            return
         self._maybe_wake(name, CircuitOpen.reason)
-        return breaker.retry_after_s()
+        raise CircuitOpen(f"{name}: circuit open", backend=name, sent=False,
+                          retry_after_s=breaker.retry_after_s())
 
     def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
         """Time kept for the next backend: never more than half of what is left."""
@@ -180,12 +181,11 @@ class FallbackEngine:
                                        deadline.remaining() / 2)
 
     async def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
-                       tries: list[int]) -> dict[str, Any]:
+                       on_attempt: Callable[[Attempt], None]) -> dict[str, Any]:
         reserve = self.reserve_s(deadline, is_last)
         body = call.body_for(backend.config)
 
         async def once(timeout_s: float) -> dict[str, Any]:
-            tries[0] += 1
             if call.stream and body is not None:
                 payload = await self._buffered(backend, call.path, body, timeout_s)
             else:
@@ -195,8 +195,8 @@ class FallbackEngine:
             return payload
 
         return await call_with_retries(once, budget_end=deadline.end - reserve,
-                                 attempts=self.settings.retry_attempts,
-                                 idempotent=call.idempotent)
+                                       attempts=self.settings.retry_attempts,
+                                       idempotent=call.idempotent, on_attempt=on_attempt)
 
     async def _buffered(self, backend: Backend, path: str, body: dict[str, Any],
                         timeout_s: float) -> dict[str, Any]:

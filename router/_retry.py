@@ -33,11 +33,10 @@ def set_backoff(enabled: bool) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """A frozen record of one failed attempt, handed to the `on_retry` hook."""
+    """A frozen record of one finished attempt, handed to the `on_attempt` hook."""
 
     number: int
-    error: BackendError
-    wait_s: float
+    error: BackendError | None
 
 
 def _should_retry(idempotent: bool) -> Callable[[RetryCallState], bool]:
@@ -66,17 +65,32 @@ def _wait(state: RetryCallState) -> float:
 async def call_with_retries(fn: Callable[[float], Awaitable[T]], *, budget_end: float,
                             attempts: int, idempotent: bool,
                             clock: Callable[[], float] = time.monotonic,
-                            on_retry: Callable[[Attempt], None] | None = None) -> T:
+                            on_attempt: Callable[[Attempt], None] | None = None) -> T:
     """Await `fn(timeout_s)` until it succeeds, a non-retryable error, `attempts`, or the budget.
 
     `fn` receives the seconds left before `budget_end`; waits never run past it either.
+    `on_attempt` gets a record of every attempt as it ends (the engine counts them with it).
     """
+    number = 0
+
+    async def recorded() -> T:
+        nonlocal number
+        number += 1
+        try:
+            result = await fn(budget_end - clock())
+        except BackendError as exc:
+            if on_attempt is not None:
+                on_attempt(Attempt(number, exc))
+            raise
+        if on_attempt is not None:
+            on_attempt(Attempt(number, None))
+        return result
 
     # Most calls succeed at once, and tenacity's machinery costs ~150 µs a call: the first try
     # runs bare, and only a failure enters tenacity, which is handed that failure as its own
     # first attempt, so every decision (retry? wait? stop?) is still tenacity's.
     try:
-        return await fn(budget_end - clock())
+        return await recorded()
     except BackendError as exc:
         first: list[BackendError] = [exc]
 
@@ -87,22 +101,16 @@ async def call_with_retries(fn: Callable[[float], Awaitable[T]], *, budget_end: 
         # The wait must leave room for a useful attempt, or we stop and let the caller fall back.
         return state.upcoming_sleep + MIN_ATTEMPT_S > left
 
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if on_retry is not None and isinstance(exc, BackendError):
-            on_retry(Attempt(state.attempt_number, exc, state.upcoming_sleep))
-
     retrying = AsyncRetrying(
         retry=_should_retry(idempotent),
         wait=_wait,
         stop=stop,
-        before_sleep=before_sleep,
         reraise=True,
     )
 
     async def attempt() -> T:
         if first:
             raise first.pop()
-        return await fn(budget_end - clock())
+        return await recorded()
 
     return await retrying(attempt)

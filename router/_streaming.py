@@ -25,7 +25,7 @@ from router._fallback import (
     no_answer,
     rejected_error,
 )
-from router._retry import call_with_retries
+from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, content_of
 
 RESTART_MARKER = "\n\n[The answer was interrupted; it restarts here in full.]\n\n"
@@ -40,6 +40,10 @@ class StreamFacts:
     fallback: str | None = None
     attempts: int = 0
     usage: dict[str, Any] | None = None
+
+    def count(self, attempt: Attempt) -> None:
+        """The retry layer's hook: one more request sent to a backend."""
+        self.attempts += 1
 
     def as_dict(self) -> dict[str, Any]:
         """The `x_chat` object."""
@@ -68,10 +72,11 @@ class StreamRun:
         reasons: list[str] = []
         retry_after = 0.0
         for index, name in enumerate(self.order):
-            wait_s = self.engine.skip_open(name)
-            if wait_s is not None:
-                reasons.append(CircuitOpen.reason)
-                retry_after = max(retry_after, wait_s)
+            try:
+                self.engine.admit(name)
+            except CircuitOpen as exc:
+                reasons.append(exc.reason)
+                retry_after = max(retry_after, exc.retry_after_s or 0.0)
                 continue
             self.facts.fallback = reasons[0] if reasons else None
             inner = self._from(name, index == len(self.order) - 1)
@@ -104,14 +109,13 @@ class StreamRun:
         reserve = self.engine.reserve_s(self.deadline, is_last)
 
         async def once(timeout_s: float) -> OpenStream:
-            self.facts.attempts += 1
             return await backend.open_stream("POST", "/v1/chat/completions", timeout_s=timeout_s,
                                              first_token_s=self.limits.first_token_s,
                                              json_body=body)
 
         return await call_with_retries(once, budget_end=self.deadline.end - reserve,
                                        attempts=self.engine.settings.retry_attempts,
-                                       idempotent=False)
+                                       idempotent=False, on_attempt=self.facts.count)
 
     async def _from(self, name: BackendName, is_last: bool
                     ) -> AsyncGenerator[dict[str, Any], None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from router._errors import (
     SpaceStarting,
 )
 from router._policy import Policy
-from router._retry import call_with_retries
+from router._retry import Attempt, call_with_retries
 from router._schema import ChatMessage
 
 BASE = {"WORKER_URL": "http://worker.invalid"}
@@ -183,3 +184,24 @@ def test_retry_budget_and_idempotency():
         asyncio.run(call_with_retries(failing(late), budget_end=105.0, attempts=3,
                                       idempotent=False, clock=lambda: now[0]))
     assert len(calls) == 1
+
+
+def test_every_attempt_is_recorded_by_the_hook():
+    """GIVEN a call that fails twice (retryably, unsent) and then succeeds WHEN it runs with an
+    `on_attempt` hook THEN the hook gets one frozen record per attempt, in order, with its
+    error, and the last one has none."""
+    error = BackendUnavailable("x", backend="worker", sent=False, retryable=True)
+    left = [error, error]
+
+    async def flaky(timeout_s: float) -> str:
+        if left:
+            raise left.pop()
+        return "answer"
+
+    records: list[Attempt] = []
+    result = asyncio.run(call_with_retries(flaky, budget_end=time.monotonic() + 5, attempts=3,
+                                           idempotent=False, on_attempt=records.append))
+    assert result == "answer"
+    assert [(r.number, r.error) for r in records] == [(1, error), (2, error), (3, None)]
+    with pytest.raises(AttributeError):
+        records[0].number = 9  # type: ignore[misc]
