@@ -96,8 +96,7 @@ def test_sleeping_and_paused_spaces_answer_html_pages(edge: LocalEdge):
     try:
         status, headers, page = gated.space_gate(HF)  # type: ignore[misc]
     finally:
-        gated.server.server_close()
-        gated.client.close()
+        gated.stop()
     assert status == 503 and headers["content-type"].startswith("text/html")
     assert b"sleeping" not in page.lower()
 
@@ -217,7 +216,8 @@ def test_config_from_env_names_what_is_missing():
 
 def test_bad_content_length_is_a_400(edge: LocalEdge):
     """GIVEN a raw request with a non-numeric Content-Length WHEN sent to the edge
-    THEN a JSON 400 and a closed connection, not a crashed handler thread."""
+    THEN a 400 (uvicorn's HTTP parser refuses it before the edge's app) and a closed connection,
+    and the edge keeps serving."""
     import socket
 
     port = int(edge.url.rsplit(":", 1)[1])
@@ -227,4 +227,5 @@ def test_bad_content_length_is_a_400(edge: LocalEdge):
         answer = b""
         while chunk := sock.recv(4096):  # the edge closes the connection after a 400
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 400") and b"bad_content_length" in answer
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{edge.url}/_local/state", headers=HUB).status_code == 200
