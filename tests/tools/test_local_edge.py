@@ -166,6 +166,30 @@ def test_app_down_behind_a_running_space_is_a_502_page(space: FakeBackend):
     assert response.status_code == 502 and b"Bad Gateway" in response.content
 
 
+def test_streams_are_relayed_chunk_by_chunk_and_end_with_the_caller(edge: LocalEdge,
+                                                                     space: FakeBackend):
+    """GIVEN a running Space whose app drips its answer a byte at a time for 30 s
+    WHEN a caller streams it through the edge THEN bytes arrive as the app sends them, not at
+    the end; WHEN the caller hangs up THEN the edge drops the app's stream at once."""
+    assert wait_for(lambda: edge.state.stage == RUNNING)
+    space.mode, space.delay_s = "drip", 30.0
+    started = time.monotonic()
+    with httpx.stream("POST", f"{edge.url}/v1/chat/completions", json={}, headers={**APP, **HF},
+                      timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        received = b""
+        for chunk in response.iter_raw():
+            received += chunk
+            if len(received) >= 3:
+                break
+        first_bytes_s = time.monotonic() - started
+    hung_up = time.monotonic()
+    assert received.strip() == b"" and first_bytes_s < 10.0
+    assert wait_for(lambda: bool(space.dropped_at)), "the app's stream outlived the caller"
+    assert space.dropped_at[0] - hung_up < 5.0
+
+
 class Clock:
     """A clock the test moves by hand."""
 
