@@ -1,24 +1,17 @@
 """Helpers shared by the local tools: the function entry, project.yml's limits, DO events.
 
 The service itself (`python -m router serve`) is router_tools/service.py, on uvicorn; what is left
-here is the entry loader, the `web: raw` event builder, and the small threaded server base that
-the local edge (router_tools/local_edge.py) still uses.
+here is the entry loader, project.yml's limits and the `web: raw` event builder.
 """
 
 from __future__ import annotations
 
 import base64
 import importlib.util
-import json
-import logging
 import sys
-import threading
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
-
-log = logging.getLogger("router.gateway")
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "packages" / "chat" / "ask" / "__main__.py"
@@ -73,59 +66,8 @@ def build_event(method: str, rest: str, headers: dict[str, str], body: bytes,
     }}
 
 
-class ThreadedServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer for bursts: a long accept queue, daemon handler threads."""
-
-    # socketserver listens with a backlog of 5: a burst of more simultaneous connections
-    # overflows the accept queue and the kernel resets them (a ReadError for the caller)
-    # before a handler thread is ever started. The kernel still caps this at somaxconn.
-    request_queue_size = 1024
-    daemon_threads = True
-
-
-class BackgroundServer:
-    """A ThreadingHTTPServer that can also serve from a background thread (tests, the stack)."""
-
-    server: ThreadingHTTPServer
-    thread_name = "http-server"
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        """Serve on a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                        name=self.thread_name)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-def content_length(value: str | None) -> int:
-    """A request's Content-Length: 0 when absent, -1 when it is not a non-negative integer."""
-    try:
-        length = int(value or 0)
-    except ValueError:
-        return -1
-    return length if length >= 0 else -1
-
-
-def json_reply(status: int, data: Any) -> tuple[int, dict[str, str], bytes]:
-    """A JSON answer as (status, headers, body), for the handlers of both local servers."""
-    return status, {"content-type": "application/json"}, json.dumps(data).encode()
-
-
 def ensure_import_path() -> None:
     """Let the entry import `router` from the checkout, as build.sh's copy does when deployed."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
-
-# The answer both local servers give a request whose Content-Length they cannot use.
-BAD_CONTENT_LENGTH = json_reply(400, {"error": {
-    "type": "invalid_request_error", "code": "bad_content_length",
-    "message": "Content-Length must be a non-negative integer"}})

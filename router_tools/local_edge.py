@@ -8,33 +8,30 @@ with an HTML page, and the Hub endpoints the router and `huggingface_hub` call (
 `start_s` has passed and the app's /health answers 200. `POST /_local/sleep` puts the Space to
 sleep at once; it is local-only (the Hub has no such call; a real Space sleeps when idle).
 
-Only the standard library's http.server and httpx: no torch, no fastapi.
+A plain ASGI app on uvicorn, like router_tools/service.py; httpx calls the app, and the app's
+answers (streams included) are relayed chunk by chunk. No torch, no fastapi.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Self
 
 import httpx
 
-from router_tools.gateway import (
-    BAD_CONTENT_LENGTH,
-    BackgroundServer,
-    ThreadedServer,
-    content_length,
-    json_reply,
-)
+from router_tools.edge_state import PAUSED, RUNNING, SLEEPING, STARTING, SpaceState
+
+__all__ = ["PAUSED", "RUNNING", "SLEEPING", "STARTING", "EdgeConfig", "LocalEdge", "SpaceState",
+           "config_from_env", "json_reply", "main"]
 
 log = logging.getLogger("router.local_edge")
 
@@ -56,88 +53,21 @@ BAD_GATEWAY_PAGE = (
     b"<h1>502 Bad Gateway</h1></body></html>"
 )
 
-RUNNING = "RUNNING"
-STARTING = "APP_STARTING"
-SLEEPING = "SLEEPING"
-PAUSED = "PAUSED"
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                          "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host",
                          "content-length", "x-hf-authorization"})
+_HTML = "text/html; charset=utf-8"
+# SIGTERM lets answers in flight finish for this long (the stack kills a part after 10 s).
+GRACE_S = 5
+
+Reply = tuple[int, dict[str, str], bytes]
+Scope = dict[str, Any]
 
 
-class SpaceState:
-    """One Space's stage as the Hub reports it, and the rules that change it."""
-
-    def __init__(self, *, start_s: float, probe: Callable[[], bool],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.start_s = start_s
-        self.sleep_time_s: int | None = None
-        self._probe = probe
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._stage = STARTING
-        self._since = clock()
-        self._last_request = clock()
-        self.restarts = 0
-        self.history: list[dict[str, Any]] = [{"stage": STARTING, "at": 0.0, "why": "boot"}]
-        self._born = clock()
-
-    def _set(self, stage: str, why: str) -> None:
-        if stage == self._stage:
-            return
-        self._stage = stage
-        self._since = self._clock()
-        self.history.append({"stage": stage, "at": round(self._since - self._born, 3),
-                             "why": why})
-        log.info("space stage %s (%s)", stage, why)
-
-    @property
-    def stage(self) -> str:
-        """The current stage, after applying the start delay and the idle sleep time."""
-        with self._lock:
-            now = self._clock()
-            since = self._since
-            due = self._stage == STARTING and now - since >= self.start_s
-            if (self._stage == RUNNING and self.sleep_time_s is not None
-                    and self.sleep_time_s > 0 and now - self._last_request >= self.sleep_time_s):
-                self._set(SLEEPING, "idle")
-        # Probe the app outside the lock: it is an HTTP call.
-        healthy = due and self._probe()
-        with self._lock:
-            if healthy and self._stage == STARTING and self._since == since:
-                self._set(RUNNING, "app healthy")
-            return self._stage
-
-    def touch(self) -> None:
-        """Record a request to the app (a request keeps a Space awake)."""
-        with self._lock:
-            self._last_request = self._clock()
-
-    def restart(self) -> None:
-        """A Hub restart: from any stage, the app starts over."""
-        with self._lock:
-            self.restarts += 1
-            self._set(STARTING, "restart")
-            self._since = self._clock()
-            self._last_request = self._since
-
-    def sleep(self) -> None:
-        """Put the Space to sleep now (local control)."""
-        with self._lock:
-            self._set(SLEEPING, "sleep requested")
-
-    def pause(self) -> None:
-        """A Hub pause: stays paused until restarted."""
-        with self._lock:
-            self._set(PAUSED, "pause")
-
-    def snapshot(self) -> dict[str, Any]:
-        """Stage, history and counters, for the local state endpoint."""
-        stage = self.stage
-        with self._lock:
-            return {"stage": stage, "restarts": self.restarts, "history": list(self.history),
-                    "sleep_time_s": self.sleep_time_s}
+def json_reply(status: int, data: Any) -> Reply:
+    """A JSON answer as (status, headers, body)."""
+    return status, {"content-type": "application/json"}, json.dumps(data).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,61 +84,71 @@ class EdgeConfig:
     hardware: str = "cpu-upgrade"  # sleep time is configurable on it, as on GPU hardware
 
 
-class LocalEdge(BackgroundServer):
-    """A threaded HTTP server: the Space's edge and the few Hub endpoints, on one port."""
+class LocalEdge:
+    """The Space's edge and the few Hub endpoints on one port: an ASGI app served by uvicorn."""
 
     thread_name = "local-edge"
 
-    def __init__(self, config: EdgeConfig, *, transport: httpx.BaseTransport | None = None
-                 ) -> None:
+    def __init__(self, config: EdgeConfig, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        import uvicorn
+
         self.config = config
-        self.client = httpx.Client(
-            base_url=config.upstream.rstrip("/"), trust_env=False, follow_redirects=False,
-            timeout=httpx.Timeout(300.0, connect=2.0),
-            transport=transport or httpx.HTTPTransport(retries=0),
-        )
+        self._transport = transport
+        # The health probe is a blocking call: the app runs it on a worker thread.
+        self._probe_client = httpx.Client(base_url=config.upstream.rstrip("/"), trust_env=False,
+                                          transport=httpx.HTTPTransport(retries=0))
+        self._client: httpx.AsyncClient | None = None  # made on uvicorn's loop, at startup
         self.state = SpaceState(start_s=config.start_s, probe=self._app_healthy)
-        self.server = ThreadedServer((config.host, config.port), self._handler_class())
         self._hub_prefix = f"/api/spaces/{config.space_id}/"
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when it is.
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((config.host, config.port))
+        except OSError:
+            self.sock.close()
+            self._probe_client.close()
+            raise
+        self.server = uvicorn.Server(_uvicorn_config(self, host=config.host))
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """Base URL of the edge (the Space's URL and the Hub endpoint)."""
-        host, port = self.server.server_address[:2]
+        host, port = self.sock.getsockname()[:2]
         return f"http://{host!s}:{port}"
 
     def _app_healthy(self) -> bool:
         try:
-            return self.client.get("/health", timeout=2.0).status_code == 200
+            return self._probe_client.get("/health", timeout=2.0).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def _hub_authorised(self, headers: Mapping[str, str]) -> bool:
-        return headers.get("authorization", "") == f"Bearer {self.config.hub_token}"
-
-    def runtime(self) -> dict[str, Any]:
-        """The Hub's runtime answer for the Space."""
-        stage = self.state.stage
+    def runtime(self, stage: str | None = None) -> dict[str, Any]:
+        """The Hub's runtime answer for the Space (at `stage`, or the stage read now)."""
+        stage = stage or self.state.stage
         return {"stage": stage,
                 "hardware": {"current": self.config.hardware if stage == RUNNING else None,
                              "requested": self.config.hardware},
                 "storage": None, "gcTimeout": self.state.sleep_time_s, "devMode": False}
 
-    def hub(self, method: str, path: str, headers: Mapping[str, str], body: bytes
-            ) -> tuple[int, dict[str, str], bytes]:
+    async def hub(self, method: str, path: str, headers: Mapping[str, str], body: bytes
+                  ) -> Reply:
         """Answer a Hub API call (`/api/spaces/<id>/...`) or the local control calls."""
-        if not self._hub_authorised(headers):
+        if headers.get("authorization", "") != f"Bearer {self.config.hub_token}":
             return json_reply(401, {"error": "Invalid credentials in Authorization header"})
         if path == "/_local/state" and method == "GET":
-            return json_reply(200, self.state.snapshot())
+            return json_reply(200, self.state.snapshot(await self.state.stage_async()))
         if path == "/_local/sleep" and method == "POST":
             self.state.sleep()
-            return json_reply(200, self.runtime())
+            return json_reply(200, self.runtime(await self.state.stage_async()))
         if not path.startswith(self._hub_prefix):
             return json_reply(404, {"error": "Repository not found"})
         action = path[len(self._hub_prefix):]
         if action == "runtime" and method == "GET":
-            return json_reply(200, self.runtime())
+            return json_reply(200, self.runtime(await self.state.stage_async()))
         if method != "POST":
             return json_reply(404, {"error": "Repository not found"})
         if action == "restart":
@@ -223,105 +163,176 @@ class LocalEdge(BackgroundServer):
             self.state.sleep_time_s = seconds
         else:
             return json_reply(404, {"error": "Repository not found"})
-        return json_reply(200, self.runtime())
+        return json_reply(200, self.runtime(await self.state.stage_async()))
 
-    def space_gate(self, headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes] | None:
-        """What the edge answers instead of the app, or None when the app should answer."""
-        if self.config.private and \
-                headers.get("x-hf-authorization", "") != f"Bearer {self.config.hub_token}":
-            # The Hub hides a private Space from callers without a token.
-            return json_reply(404, {"error": "Repository not found"})
-        stage = self.state.stage
+    def _hidden(self, headers: Mapping[str, str]) -> bool:
+        # The Hub hides a private Space from callers without a token.
+        return self.config.private and \
+            headers.get("x-hf-authorization", "") != f"Bearer {self.config.hub_token}"
+
+    def _gate(self, stage: str) -> Reply | None:
         if stage == RUNNING:
             self.state.touch()
             return None
         if stage == SLEEPING:
-            return 200, {"content-type": "text/html; charset=utf-8"}, SLEEPING_PAGE
+            return 200, {"content-type": _HTML}, SLEEPING_PAGE
         if stage == PAUSED:
-            return 200, {"content-type": "text/html; charset=utf-8"}, PAUSED_PAGE
-        return 503, {"content-type": "text/html; charset=utf-8", "retry-after": "5"}, \
-            STARTING_PAGE
+            return 200, {"content-type": _HTML}, PAUSED_PAGE
+        return 503, {"content-type": _HTML, "retry-after": "5"}, STARTING_PAGE
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        edge = self
+    def space_gate(self, headers: Mapping[str, str]) -> Reply | None:
+        """What the edge answers instead of the app, or None when the app should answer."""
+        if self._hidden(headers):
+            return json_reply(404, {"error": "Repository not found"})
+        return self._gate(self.state.stage)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
 
-            def _serve(self) -> None:
-                length = content_length(self.headers.get("content-length"))
-                if length < 0:
-                    self.close_connection = True
-                    self._reply(*BAD_CONTENT_LENGTH)
-                    return
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                path = unquote(urlsplit(self.path).path)
-                if path.startswith(("/api/", "/_local/")):
-                    self._reply(*edge.hub(self.command, path, headers, body))
-                    return
-                gate = edge.space_gate(headers)
-                if gate is not None:
-                    self._reply(*gate)
-                    return
-                self._proxy(headers, body)
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._client = httpx.AsyncClient(
+                    base_url=self.config.upstream.rstrip("/"), trust_env=False,
+                    follow_redirects=False, timeout=httpx.Timeout(300.0, connect=2.0),
+                    transport=self._transport or httpx.AsyncHTTPTransport(retries=0))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._client is not None:
+                    await self._client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-            def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
-                self.send_response(status)
-                if self.close_connection:
-                    self.send_header("connection", "close")
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+        pairs = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                 for k, v in scope.get("headers", [])]
+        headers = dict(pairs)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path, method = scope["path"], scope["method"]
+        if path.startswith(("/api/", "/_local/")):
+            await _reply(send, await self.hub(method, path, headers, bytes(body)))
+            return
+        gate = json_reply(404, {"error": "Repository not found"}) if self._hidden(headers) \
+            else self._gate(await self.state.stage_async())
+        if gate is not None:
+            await _reply(send, gate)
+            return
+        target = scope.get("raw_path") or path.encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        forward = [(k, v) for k, v in pairs if k not in _HOP_BY_HOP]
+        await self._proxy(method, target.decode("latin-1"), forward, bytes(body), receive, send)
 
-            def _proxy(self, headers: dict[str, str], body: bytes) -> None:
-                forward = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
-                request = edge.client.build_request(self.command, self.path, headers=forward,
-                                                    content=body)
-                try:
-                    response = edge.client.send(request, stream=True)
-                except httpx.HTTPError:
-                    self._reply(502, {"content-type": "text/html"}, BAD_GATEWAY_PAGE)
-                    return
-                try:
-                    self._relay(response)
-                except (httpx.HTTPError, OSError):
-                    self.close_connection = True  # the app or the caller went away mid-answer
-                finally:
-                    response.close()
+    async def _proxy(self, method: str, target: str, headers: list[tuple[str, str]],
+                     body: bytes, receive: Any, send: Any) -> None:
+        assert self._client is not None, "the edge is not started"
+        request = self._client.build_request(method, target, headers=headers, content=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError:
+            await _reply(send, (502, {"content-type": "text/html"}, BAD_GATEWAY_PAGE))
+            return
+        try:
+            out = [(k.encode("latin-1"), v.encode("latin-1"))
+                   for k, v in response.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+            if method == "HEAD" or response.status_code in (204, 304):
+                out.append((b"content-length", b"0"))
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": out})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            # No content-length: uvicorn sends the answer chunked, one chunk per app chunk.
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": out})
+            await _relay(response, receive, send)
+        finally:
+            await response.aclose()  # the app's stream ends with the caller's
 
-            def _relay(self, response: httpx.Response) -> None:
-                self.send_response(response.status_code)
-                for name, value in response.headers.multi_items():
-                    if name.lower() not in _HOP_BY_HOP:
-                        self.send_header(name, value)
-                if self.command == "HEAD" or response.status_code in (204, 304):
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                for chunk in response.iter_bytes():
-                    if chunk:
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
+    def serve_forever(self) -> None:
+        """Serve on this thread until SIGINT or SIGTERM (then finish answers in flight)."""
+        self.server.run(sockets=[self.sock])
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("%s %s", self.command, self.path.split("?")[0])
-
-        return Handler
+    def start(self) -> Self:
+        """Serve on a background thread; return once it accepts connections."""
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                        daemon=True, name=self.thread_name)
+        self._thread.start()
+        ready = threading.Event()
+        while not self.server.started and self._thread.is_alive():
+            ready.wait(0.01)
+        if not self.server.started:
+            raise RuntimeError("the edge did not start")
+        return self
 
     def stop(self) -> None:
-        """Stop serving, close the socket and the upstream client."""
-        super().stop()
-        self.client.close()
+        """Stop serving (if started), close the socket and the probe's client."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.sock.close()
+        self._probe_client.close()
+
+
+async def _reply(send: Any, reply: Reply) -> None:
+    status, headers, data = reply
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(data)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})  # uvicorn drops it for HEAD
+
+
+async def _relay(response: httpx.Response, receive: Any, send: Any) -> None:
+    """Relay the app's body chunk by chunk until it ends, breaks off, or the caller hangs up."""
+
+    async def pump() -> None:
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError:
+            # The app went away mid-answer: end without the last chunk, so uvicorn closes the
+            # connection and the caller sees a cut answer, not a complete one.
+            log.warning("the app's answer broke off")
+            return
+        await send({"type": "http.response.body", "body": b""})
+
+    async def hang_up() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(hang_up())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    for task in done:
+        task.result()  # an unexpected error surfaces (uvicorn logs it)
+
+
+def _uvicorn_config(app: LocalEdge, *, host: str) -> Any:
+    """uvicorn's config for the edge: uvloop and httptools where they are installed."""
+    import importlib.util
+
+    import uvicorn
+
+    fast = importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
+    return uvicorn.Config(app, host=host, port=0, lifespan="on", log_level="warning",
+                          loop="uvloop" if fast else "asyncio",
+                          http="httptools" if fast else "h11",
+                          timeout_graceful_shutdown=GRACE_S, backlog=1024,
+                          access_log=False, server_header=False, date_header=False)
 
 
 def config_from_env(env: Mapping[str, str]) -> EdgeConfig:
@@ -357,15 +368,16 @@ def main() -> int:
     except OSError as exc:
         sys.stderr.write(f"error: cannot listen: {exc.strerror}\n")
         return 2
+    # uvicorn catches SIGINT and SIGTERM, finishes answers in flight, then raises the signal
+    # again with these handlers restored: both end here as a KeyboardInterrupt, exit code 0.
     signal.signal(signal.SIGTERM, _interrupt)
     log.info("local edge for %s on %s", edge.config.space_id, edge.url)
     try:
-        edge.server.serve_forever()
+        edge.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        edge.server.server_close()
-        edge.client.close()
+        edge.stop()
     return 0
 
 
