@@ -116,6 +116,11 @@ class Batcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ai_space-batcher", daemon=True)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the batching thread is running."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         """Start the batching thread."""
         self._thread.start()

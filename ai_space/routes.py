@@ -13,11 +13,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
-from ai_space.batching import Batcher
 from ai_space.config import Settings
+from ai_space.engine import ChatFormat, Engine
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
-from ai_space.models.loading import ChatModel
 from ai_space.sse import ChatStream, collect
 
 log = logging.getLogger("ai_space")
@@ -35,7 +34,7 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
+def _ready(host: ModelHost) -> tuple[ChatFormat, Engine]:
     if host.status == "error":
         raise NotReady("model failed to load; see the server log", code="model_error",
                        retry_after=60)
@@ -68,7 +67,7 @@ async def models(request: Request) -> JSONResponse:
                          "data": [schema.model_card(name, _STARTED) for name in names]})
 
 
-def _prompt(chat: ChatModel, body: schema.ChatCompletionRequest) -> list[int]:
+def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
     turns = [m.as_template_turn() for m in body.messages]
     try:
         return chat.prompt_ids(turns)
@@ -134,7 +133,7 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     if len(texts) > settings.max_embedding_inputs:
         raise BadRequest(f"at most {settings.max_embedding_inputs} inputs per request")
     started = time.perf_counter()
-    vectors = (await run_in_threadpool(embedder.embed, texts)).numpy()
+    vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
     tokens = await run_in_threadpool(embedder.count_tokens, texts)
     log.info("embeddings inputs=%d tokens=%d latency_ms=%.0f", len(texts), tokens,
              (time.perf_counter() - started) * 1000)

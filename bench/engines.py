@@ -1,0 +1,192 @@
+"""The worker's CPU engines side by side, in one run, on the same GGUF and thread count.
+
+For llama.cpp's own generate loop (llama-cpp-python's `Llama`, one request at a time) and for
+`python -m ai_space` with ENGINE=llama.cpp and ENGINE=transformers (bf16 where the CPU has
+avx512_bf16, else fp32): single-stream tok/s, time to first token, aggregate tok/s at 4 and 16
+concurrent requests, and the server's peak RSS with chat and embeddings both used; then top-1
+agreement with the fp32 reference (bench/engine_quality.py).
+
+    .venv/bin/python -m bench.engines [--threads 2] [--max-tokens 128] [--out bench/engines.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.ai_space_bench import PROMPTS, TOKEN, _peak_rss_mib, _start
+from bench.common import ROOT, free_port, load, machine
+
+log = logging.getLogger("bench")
+LEVELS = (4, 16)
+# A request that should run to max_tokens (greedy): throughput is tokens over wall time.
+LONG = "Write a long, detailed story about a lighthouse keeper and a storm."
+
+
+def _loop(threads: int, max_tokens: int) -> dict[str, float]:
+    """llama.cpp's own loop: Llama.create_chat_completion, greedy, one request at a time."""
+    code = f"""
+import json, time
+from llama_cpp import Llama
+from ai_space.models.packaged import resolve
+path = resolve("pkg:smollm2", None).gguf_path
+llm = Llama(str(path), n_threads={threads}, n_ctx=2048, verbose=False)
+llm.create_chat_completion([{{"role": "user", "content": "hi"}}], max_tokens=4)
+tokens = seconds = 0.0
+for _ in range(3):
+    started = time.perf_counter()
+    out = llm.create_chat_completion([{{"role": "user", "content": {LONG!r}}}],
+                                     max_tokens={max_tokens}, temperature=0)
+    seconds += time.perf_counter() - started
+    tokens += out["usage"]["completion_tokens"]
+print(json.dumps({{"tok_s": tokens / seconds}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=900, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _stream(client: httpx.Client, prompt: str, max_tokens: int) -> tuple[int, float, float]:
+    """(completion tokens, seconds to the first token, seconds in all) of one streamed ask."""
+    started = time.perf_counter()
+    first = 0.0
+    tokens = 0
+    with client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+            elif not first and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - started
+    return tokens, first, time.perf_counter() - started
+
+
+def _server(engine: str, threads: int, max_tokens: int) -> dict[str, float]:
+    port = free_port()
+    server = _start({"ENGINE": engine, "N_THREADS": str(threads), "MAX_CONCURRENCY": "16",
+                     "MAX_QUEUE": "64", "MAX_TOKENS": str(max_tokens), "DEVICE": "cpu",
+                     "MODEL_ID": "pkg:smollm2", "EMBEDDING_MODEL_ID": "pkg:minilm"}, port)
+    try:
+        figures: dict[str, float] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900,
+                          headers={"Authorization": f"Bearer {TOKEN}"},
+                          limits=httpx.Limits(max_connections=32)) as client:
+            client.post("/v1/embeddings", json={"input": PROMPTS * 8}).raise_for_status()
+            _stream(client, "hi", 4)  # warm-up
+            runs = [_stream(client, LONG, max_tokens) for _ in range(3)]
+            figures["single_tok_s"] = sum(r[0] for r in runs) / sum(r[2] for r in runs)
+            figures["ttft_ms"] = 1000 * sorted(r[1] for r in runs)[1]
+            for level in LEVELS:
+                prompts = [LONG if i % 2 else PROMPTS[i % len(PROMPTS)]
+                           for i in range(level * 2)]
+                started = time.perf_counter()
+                with ThreadPoolExecutor(level) as pool:
+                    done = list(pool.map(lambda p: _stream(client, p, max_tokens), prompts))
+                figures[f"c{level}_tok_s"] = sum(d[0] for d in done) / \
+                    (time.perf_counter() - started)
+            client.post("/v1/embeddings", json={"input": PROMPTS * 8}).raise_for_status()
+        figures["peak_rss_mib"] = _peak_rss_mib(server.pid)
+        return figures
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _quality(threads: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "bench.engine_quality", str(threads)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _ok(met: bool) -> str:
+    return "**met**" if met else "**missed**"
+
+
+def side_by_side(threads: int, max_tokens: int) -> dict[str, Any]:
+    """Every figure of the comparison, measured now."""
+    load_before = load()
+    log.info("llama.cpp's own loop")
+    loop = _loop(threads, max_tokens)
+    servers = {}
+    for engine in ("llama.cpp", "transformers"):
+        log.info("ai_space ENGINE=%s", engine)
+        servers[engine] = _server(engine, threads, max_tokens)
+    log.info("quality")
+    quality = _quality(threads)
+    return {"threads": threads, "max_tokens": max_tokens, "load_before": load_before,
+            "load_after": load(), "loop": loop, "servers": servers, "quality": quality}
+
+
+def rows(result: dict[str, Any]) -> list[str]:
+    """Markdown rows: one per engine, then the targets."""
+    loop, servers, quality = result["loop"], result["servers"], result["quality"]
+    llama = servers["llama.cpp"]
+    lines = [
+        f"Engines side by side (`python -m bench.engines`): {machine()}, SmolLM2-135M Q4_1 GGUF, "
+        f"{result['threads']} threads each, greedy, max {result['max_tokens']} new tokens; "
+        f"load average {result['load_before']} before, {result['load_after']} after.",
+        "",
+        "| engine | single stream | first token | 4 concurrent | 16 concurrent | peak RSS "
+        "(chat + embeddings) | top-1 agreement with fp32 |",
+        "|---|---|---|---|---|---|---|",
+        f"| llama.cpp's own loop (`Llama`, one at a time) | {loop['tok_s']:.1f} tok/s | | | | "
+        f"| {quality['llama.cpp']:.1%} |",
+    ]
+    for engine, fig in servers.items():
+        agree = quality["llama.cpp"] if engine == "llama.cpp" else quality["transformers bf16"]
+        label = "ai_space ENGINE=llama.cpp" if engine == "llama.cpp" else \
+            "ai_space ENGINE=transformers (bf16 on avx512_bf16, else fp32)"
+        lines.append(f"| {label} | {fig['single_tok_s']:.1f} tok/s | {fig['ttft_ms']:.0f} ms | "
+                     f"{fig['c4_tok_s']:.1f} tok/s | {fig['c16_tok_s']:.1f} tok/s | "
+                     f"{fig['peak_rss_mib']:.0f} MiB | {agree:.1%} |")
+    ratio = loop["tok_s"] / llama["single_tok_s"]
+    lines += [
+        "",
+        f"- single stream ≥ 90 tok/s and within 1.25x of the loop: {llama['single_tok_s']:.1f} "
+        f"tok/s, loop/ai_space = {ratio:.2f}x: "
+        f"{_ok(llama['single_tok_s'] >= 90 and ratio <= 1.25)}",
+        f"- 16 concurrent ≥ the loop: {llama['c16_tok_s']:.1f} vs {loop['tok_s']:.1f} tok/s: "
+        f"{_ok(llama['c16_tok_s'] >= loop['tok_s'])}",
+        f"- whole worker ≤ 512 MiB: {llama['peak_rss_mib']:.0f} MiB: "
+        f"{_ok(llama['peak_rss_mib'] <= 512)}",
+        f"- top-1 agreement ≥ 95% over {quality['tokens']:.0f} held-out tokens: "
+        f"{quality['llama.cpp']:.1%}: {_ok(quality['llama.cpp'] >= 0.95)}",
+    ]
+    return lines
+
+
+def main() -> None:
+    """Run the comparison, print it, write it to --out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "engines.md"))
+    args = parser.parse_args()
+    text = "\n".join(rows(side_by_side(args.threads, args.max_tokens))) + "\n"
+    Path(args.out).write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
