@@ -45,6 +45,7 @@ class GGUFEmbedder:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = _MAX_SEQS
+        params.kv_unified = True  # no KV cache for an encoder; this keeps n_ctx as given
         params.n_threads = params.n_threads_batch = threads
         params.embeddings = True
         params.no_perf = True
