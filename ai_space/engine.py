@@ -66,8 +66,13 @@ def runs_on_cpu(device: str) -> bool:
 
 
 def choose_engine(settings: Settings) -> EngineName:
-    """ENGINE=auto: llama.cpp for a GGUF model on the CPU, transformers for everything else."""
+    """ENGINE=auto: llama.cpp for a GGUF model on the CPU, transformers for everything else.
+
+    An image without llama-cpp-python (the GPU Space's) stays on transformers under auto.
+    """
     if settings.engine != "auto":
         return settings.engine
     gguf = resolve(settings.model_id, settings.model_file).gguf_file is not None
-    return "llama.cpp" if gguf and runs_on_cpu(settings.device) else "transformers"
+    if gguf and runs_on_cpu(settings.device) and importlib.util.find_spec("llama_cpp"):
+        return "llama.cpp"
+    return "transformers"

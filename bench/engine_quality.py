@@ -55,12 +55,16 @@ def _transformers_argmax(folder: str, gguf_file: str, ids: list[int],
 def _llama_argmax(path: Path, ids: list[int], threads: int) -> np.ndarray[Any, Any]:
     import llama_cpp
 
+    from ai_space.llama.engine import KV_TYPES
     from ai_space.llama.model import load_gguf
 
     model = load_gguf(path)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = params.n_batch = params.n_ubatch = max(512, len(ids))
     params.n_threads = params.n_threads_batch = threads
+    # As the server runs it: q8_0 KV cache, flash attention.
+    params.type_k = params.type_v = KV_TYPES["q8_0"]
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     ctx = llama_cpp.llama_init_from_model(model, params)
     batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
     for i, token in enumerate(ids):
