@@ -276,3 +276,62 @@ def test_health_reports_a_dead_loop(make_client: MakeClient) -> None:
         refused = httpx.post(f"{server.url}/v1/chat/completions", headers=AUTH,
                              json={"messages": [{"role": "user", "content": "hi"}]})
         assert refused.status_code == 503
+
+
+def test_the_worker_fits_the_smallest_instance(tmp_path: Path) -> None:
+    """GIVEN `python -m ai_space` as the worker image runs it (ENGINE=llama.cpp, 16 slots,
+    chat and embeddings) WHEN it embeds and answers 16 concurrent requests THEN its peak
+    resident memory stays within 512 MiB and torch was never loaded."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "API_TOKEN": TOKEN, "PORT": str(port), "HOST": "127.0.0.1",
+           "ENGINE": "llama.cpp", "MAX_CONCURRENCY": "16", "MAX_TOKENS": "64",
+           "GGUF_CACHE": os.environ["GGUF_CACHE"], "LOG_LEVEL": "info"}
+    worker = subprocess.Popen([sys.executable, "-m", "ai_space"], env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    drain = threading.Thread(target=lambda: None)
+    drain.start()
+    try:
+        assert worker.stderr is not None
+        # Ready when both log lines are out: the models loaded, and uvicorn listening.
+        seen = {"ready in": False, "Uvicorn running": False}
+        for line in worker.stderr:
+            seen.update({key: True for key in seen if key in line})
+            if all(seen.values()):
+                break
+        assert all(seen.values()), f"the worker stopped before it was ready: {seen}"
+        drain = threading.Thread(target=worker.stderr.read, daemon=True)  # keep it flowing
+        drain.start()
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, headers=AUTH, timeout=WAIT_S) as client:
+            assert client.get("/health").status_code == 200
+            client.post("/v1/embeddings", json={"input": PROMPTS * 20}).raise_for_status()
+
+            def chat(i: int) -> int:
+                answer = client.post("/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": f"Tell me story number {i}."}],
+                    "max_tokens": 64, "temperature": 0})
+                answer.raise_for_status()
+                return int(answer.json()["usage"]["completion_tokens"])
+
+            with ThreadPoolExecutor(16) as pool:
+                assert sum(pool.map(chat, range(16))) > 16
+        status = Path(f"/proc/{worker.pid}/status").read_text()
+        maps = Path(f"/proc/{worker.pid}/maps").read_text()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        drain.join(30)
+        if worker.stderr is not None:
+            worker.stderr.close()
+    peak_kib = next(int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmHWM:"))
+    assert peak_kib / 1024 <= 512, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    assert "libtorch" not in maps
