@@ -173,6 +173,35 @@ def rows(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def bench_rows(result: dict[str, Any]) -> list[str]:
+    """The same figures as rows of `make bench`'s table (benchmark, case, result, baseline,
+    target)."""
+    loop, servers, quality = result["loop"], result["servers"], result["quality"]
+    llama = servers["llama.cpp"]
+    ratio = loop["tok_s"] / llama["single_tok_s"]
+    head = (f"CPU engines, SmolLM2-135M Q4_1 GGUF, {result['threads']} threads each, greedy, "
+            f"max {result['max_tokens']} tokens (bench/engines.py)")
+    out = [f"| {head} | llama.cpp's own loop (`Llama`, one at a time) | {loop['tok_s']:.1f} "
+           f"tok/s | the baseline | |"]
+    for engine, fig in servers.items():
+        target = ""
+        if engine == "llama.cpp":
+            target = (f"single ≥ 90 tok/s and ≤ 1.25x slower than the loop: "
+                      f"{_ok(fig['single_tok_s'] >= 90 and ratio <= 1.25)}; 16 concurrent ≥ "
+                      f"the loop: {_ok(fig['c16_tok_s'] >= loop['tok_s'])}; RSS ≤ 512 MiB: "
+                      f"{_ok(fig['peak_rss_mib'] <= 512)}")
+        out.append(f"| | ai_space ENGINE={engine} | single {fig['single_tok_s']:.1f} tok/s, "
+                   f"first token {fig['ttft_ms']:.0f} ms, 4 concurrent {fig['c4_tok_s']:.1f} "
+                   f"tok/s, 16 concurrent {fig['c16_tok_s']:.1f} tok/s, peak RSS (chat + "
+                   f"embeddings) {fig['peak_rss_mib']:.0f} MiB | single: loop / this = "
+                   f"{loop['tok_s'] / fig['single_tok_s']:.2f}x | {target} |")
+    out.append(f"| | top-1 agreement with transformers fp32, {quality['tokens']:.0f} held-out "
+               f"tokens | llama.cpp {quality['llama.cpp']:.1%}, transformers bf16 "
+               f"{quality['transformers bf16']:.1%} | | ≥ 95%: "
+               f"{_ok(quality['llama.cpp'] >= 0.95)} |")
+    return out
+
+
 def main() -> None:
     """Run the comparison, print it, write it to --out."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
