@@ -112,6 +112,32 @@ def test_stop_strings_and_seeds_are_per_request(llama_server: tuple[str, Any],
     assert answers[2] == _ask(client, PROMPTS[1], max_tokens=24)
 
 
+def test_a_prompt_longer_than_one_step_is_prefilled_in_chunks(
+        llama_server: tuple[str, Any], make_client: MakeClient) -> None:
+    """GIVEN a prompt of over 1,500 tokens (three 512-token prefill steps) WHEN asked beside a
+    short request THEN both finish with their own usage, and the long one's prompt is counted
+    whole."""
+    url, _ = llama_server
+    client = make_client(url)
+    long_text = "The quick brown fox jumps over the lazy dog. " * 150 + "Summarise that."
+    answers: dict[str, Any] = {}
+
+    def ask(name: str, text: str) -> None:
+        answers[name] = client.chat.completions.create(
+            model=MODEL, temperature=0, max_tokens=8,
+            messages=[{"role": "user", "content": text}])
+
+    threads = [threading.Thread(target=ask, args=a) for a in
+               (("long", long_text), ("short", PROMPTS[0]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert answers["long"].usage.prompt_tokens > 1500
+    assert answers["long"].choices[0].message.content
+    assert answers["short"].choices[0].message.content == _ask(client, PROMPTS[0], max_tokens=8)
+
+
 def test_requests_join_a_running_batch(make_client: MakeClient) -> None:
     """GIVEN a long generation already decoding WHEN three more requests arrive THEN they join
     its batch between steps (each prefilled beside it: a batch of 4) and each greedy answer
