@@ -153,9 +153,9 @@ class LlamaEngine:
                 self._cond.wait()
             if self._stopping:
                 return False
-            admitted = self._admit()
-        for seq in admitted:
-            seq.job.batch_size = 0
+            rejected = self._admit()
+        for job in rejected:
+            self._emit_end(job, Finished("error", 0, 0, "empty prompt"))
         if not self._hold():
             return True
         self._drop_cancelled()
@@ -174,11 +174,18 @@ class LlamaEngine:
             self._after_decode(seq, index, size)
         return True
 
-    def _admit(self) -> list[_Seq]:
-        """Move queued jobs into free slots while the KV cache can hold them (lock held)."""
+    def _admit(self) -> list[GenerationJob]:
+        """Move queued jobs into free slots while the KV cache can hold them (lock held).
+
+        Returns the jobs that can never run (an empty prompt has no token to decode).
+        """
         admitted: list[_Seq] = []
+        rejected: list[GenerationJob] = []
         while self._pending and self._free_slots:
             job = self._pending[0]
+            if not job.prompt_ids:
+                rejected.append(self._pending.popleft())
+                continue
             budget = len(job.prompt_ids) + job.params.max_tokens
             room = self.n_ctx - self._reserved
             if budget > room and (self._running or admitted):
@@ -189,7 +196,7 @@ class LlamaEngine:
             self._reserved += seq.budget
             self._running.append(seq)
             admitted.append(seq)
-        return admitted
+        return rejected
 
     def _hold(self) -> bool:
         """Wait at the step gate, if any; False when stopping or every request is gone."""

@@ -240,9 +240,10 @@ def test_prompt_tokens_match_the_models_own_template(tmp_path: Path) -> None:
 
 
 def test_the_loop_survives_bad_jobs() -> None:
-    """GIVEN the engine WHEN one job's prompt holds a token id outside the vocabulary and
-    another job's consumer raises THEN each ends as an error, and the next job still gets its
-    answer from a loop that is alive; WHEN the loop is stopped THEN alive turns false."""
+    """GIVEN the engine WHEN one job's prompt holds a token id outside the vocabulary, another's
+    prompt is empty and another's consumer raises THEN each ends as an error, and the next job
+    still gets its answer from a loop that is alive; WHEN the loop is stopped THEN alive turns
+    false."""
     from ai_space.generation import Delta, Event, GenerationJob, SamplingParams
     from ai_space.llama.engine import LlamaEngine
     from ai_space.llama.model import GGUFChatModel
@@ -268,6 +269,7 @@ def test_the_loop_survives_bad_jobs() -> None:
     ends: dict[str, Finished] = {}
     for name, job in (("bad-token", GenerationJob([chat.vocab.size + 5], params,
                                                   collect("bad-token"))),
+                      ("empty", GenerationJob([], params, collect("empty"))),
                       ("raises", GenerationJob(prompt, params, explode))):
         engine.submit(job)  # one at a time: each must fail on its own account
         while name not in ends:
@@ -275,6 +277,7 @@ def test_the_loop_survives_bad_jobs() -> None:
             if isinstance(event, Finished):
                 ends[got] = event
     assert ends["bad-token"].finish_reason == "error"
+    assert ends["empty"].finish_reason == "error"
     assert ends["raises"].finish_reason == "error"
     assert engine.alive
     engine.submit(GenerationJob(prompt, params, collect("good")))
