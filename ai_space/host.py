@@ -41,7 +41,11 @@ class ModelHost:
         self.settings = settings
         self.hooks = hooks
         self._status: Status = "loading"
-        self.engine: EngineName = choose_engine(settings)
+        try:
+            self.engine: EngineName = choose_engine(settings)
+        except (OSError, ValueError):
+            # A model that cannot be found: loading fails below and /health says error.
+            self.engine = "transformers"
         self.threads = settings.n_threads or default_threads()
         self.device = "cpu" if self.engine == "llama.cpp" or runs_on_cpu(settings.device) \
             else ("cuda" if settings.device == "auto" else settings.device)
