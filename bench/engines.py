@@ -33,31 +33,49 @@ LEVELS = (4, 16)
 LONG = "Write a long, detailed story about a lighthouse keeper and a storm."
 
 
-def _loop(threads: int, max_tokens: int) -> dict[str, float]:
-    """llama.cpp's own loop: Llama.create_chat_completion, greedy, one request at a time.
+class _Loop:
+    """llama.cpp's own loop in a child process: Llama.create_chat_completion, greedy, one
+    request at a time. Each `run()` is one answer, so its runs can alternate with the server's
+    and both meet the same moments of a shared machine."""
 
-    Single-stream figures here and in _server are the best of 3 runs: on a shared machine the
-    best run is the one least disturbed by other work.
-    """
-    code = f"""
-import json, time
+    CODE = """
+import json, sys, time
 from llama_cpp import Llama
 from ai_space.models.packaged import resolve
-path = resolve("pkg:smollm2", None).gguf_path
-llm = Llama(str(path), n_threads={threads}, n_ctx=2048, verbose=False)
-llm.create_chat_completion([{{"role": "user", "content": "hi"}}], max_tokens=4)
-rates = []
-for _ in range(3):
+llm = Llama(str(resolve("pkg:smollm2", None).gguf_path), n_threads=int(sys.argv[1]),
+            n_ctx=2048, verbose=False)
+llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=4)
+print("ready", flush=True)
+for line in sys.stdin:
     started = time.perf_counter()
-    out = llm.create_chat_completion([{{"role": "user", "content": {LONG!r}}}],
-                                     max_tokens={max_tokens}, temperature=0)
-    rates.append(out["usage"]["completion_tokens"] / (time.perf_counter() - started))
-print(json.dumps({{"tok_s": max(rates)}}))
+    out = llm.create_chat_completion([{"role": "user", "content": sys.argv[3]}],
+                                     max_tokens=int(sys.argv[2]), temperature=0)
+    print(out["usage"]["completion_tokens"] / (time.perf_counter() - started), flush=True)
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=900, check=True)
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+
+    def __init__(self, threads: int, max_tokens: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, str(threads), str(max_tokens), LONG], cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+        if self.process.stdin is None or self.process.stdout is None:
+            raise RuntimeError("no pipes to llama.cpp's loop")
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.rates: list[float] = []
+        if self.stdout.readline().strip() != "ready":
+            raise RuntimeError("llama.cpp's loop did not start")
+
+    def run(self) -> None:
+        """One greedy answer; its tok/s is kept."""
+        self.stdin.write("go\n")
+        self.stdin.flush()
+        self.rates.append(float(self.stdout.readline()))
+
+    def close(self) -> None:
+        """End the child process."""
+        self.stdin.close()
+        self.process.wait(60)
+        self.stdout.close()
 
 
 def _stream(client: httpx.Client, prompt: str, max_tokens: int) -> tuple[int, float, float]:
@@ -81,7 +99,10 @@ def _stream(client: httpx.Client, prompt: str, max_tokens: int) -> tuple[int, fl
     return tokens, first, time.perf_counter() - started
 
 
-def _server(engine: str, threads: int, max_tokens: int) -> dict[str, float]:
+def _server(engine: str, threads: int, max_tokens: int,
+            loop: _Loop | None = None) -> dict[str, float]:
+    """One server's figures. Single-stream figures are the best of 3 runs (the run least
+    disturbed by other work on a shared machine), alternating with `loop`'s when given."""
     port = free_port()
     server = _start({"ENGINE": engine, "N_THREADS": str(threads), "MAX_CONCURRENCY": "16",
                      "MAX_QUEUE": "64", "MAX_TOKENS": str(max_tokens), "DEVICE": "cpu",
@@ -93,7 +114,11 @@ def _server(engine: str, threads: int, max_tokens: int) -> dict[str, float]:
                           limits=httpx.Limits(max_connections=32)) as client:
             client.post("/v1/embeddings", json={"input": PROMPTS * 8}).raise_for_status()
             _stream(client, "hi", 4)  # warm-up
-            runs = [_stream(client, LONG, max_tokens) for _ in range(3)]
+            runs = []
+            for _ in range(3):
+                if loop is not None:
+                    loop.run()
+                runs.append(_stream(client, LONG, max_tokens))
             figures["single_tok_s"] = max(r[0] / r[2] for r in runs)
             figures["ttft_ms"] = 1000 * sorted(r[1] for r in runs)[1]
             for level in LEVELS:
@@ -126,16 +151,19 @@ def _ok(met: bool) -> str:
 def side_by_side(threads: int, max_tokens: int) -> dict[str, Any]:
     """Every figure of the comparison, measured now."""
     load_before = load()
-    log.info("llama.cpp's own loop")
-    loop = _loop(threads, max_tokens)
-    servers = {}
-    for engine in ("llama.cpp", "transformers"):
-        log.info("ai_space ENGINE=%s", engine)
-        servers[engine] = _server(engine, threads, max_tokens)
+    log.info("ai_space ENGINE=llama.cpp, alternating with llama.cpp's own loop")
+    loop = _Loop(threads, max_tokens)
+    try:
+        servers = {"llama.cpp": _server("llama.cpp", threads, max_tokens, loop)}
+    finally:
+        loop.close()
+    log.info("ai_space ENGINE=transformers")
+    servers["transformers"] = _server("transformers", threads, max_tokens)
     log.info("quality")
     quality = _quality(threads)
     return {"threads": threads, "max_tokens": max_tokens, "load_before": load_before,
-            "load_after": load(), "loop": loop, "servers": servers, "quality": quality}
+            "load_after": load(), "loop": {"tok_s": max(loop.rates)}, "servers": servers,
+            "quality": quality}
 
 
 def rows(result: dict[str, Any]) -> list[str]:
