@@ -121,7 +121,7 @@ class ModelHost:
                  self.threads, settings.n_ctx, settings.kv_type)
         chat = GGUFChatModel(path)
         if settings.embedding_model_id is not None:
-            self.embedder = load_gguf_embedder(settings.embedding_model_id, self.threads)
+            self.embedder = load_gguf_embedder(settings.embedding_model_id)
         engine = LlamaEngine(chat, n_ctx=settings.n_ctx, n_threads=self.threads,
                              max_batch=settings.max_concurrency, max_queue=settings.max_queue,
                              kv_type=settings.kv_type,

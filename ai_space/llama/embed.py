@@ -32,7 +32,7 @@ def max_seq_length(folder: Path | None, train_context: int) -> int:
 class GGUFEmbedder:
     """Embeds texts with an encoder GGUF. Thread-safe: one llama.cpp call at a time."""
 
-    def __init__(self, path: Path, max_length: int | None, threads: int) -> None:
+    def __init__(self, path: Path, max_length: int | None, threads: int = 1) -> None:
         self.model = load_gguf(path)
         self.vocab = Vocab(self.model)
         train = int(llama_cpp.llama_model_n_ctx_train(self.model))
@@ -106,9 +106,15 @@ class GGUFEmbedder:
                 out[index] = np.ctypeslib.as_array(pointer, shape=(self.dimensions,))
 
 
-def load_gguf_embedder(model_id: str, threads: int) -> GGUFEmbedder:
-    """Load an embedding model for llama.cpp, converting its folder to GGUF on first use."""
+def load_gguf_embedder(model_id: str) -> GGUFEmbedder:
+    """Load an embedding model for llama.cpp, converting its folder to GGUF on first use.
+
+    One thread, on purpose. Embeddings run on the server's request threads, and llama.cpp
+    parallelises with OpenMP: a second multi-threaded caller adds a second OpenMP team, and
+    once a process has more OpenMP threads than CPUs, libgomp stops spinning at barriers and
+    sleeps instead, for every team. Measured on 2 cores: chat fell from 112 to 76 tok/s for
+    good after one embeddings call with 2 threads. With one thread there is no second team.
+    """
     folder = resolve(model_id, None).local_folder
     path = cached_gguf(model_id)
-    probe_max = max_seq_length(folder, 1 << 30)
-    return GGUFEmbedder(path, probe_max, threads)
+    return GGUFEmbedder(path, max_seq_length(folder, 1 << 30), threads=1)
