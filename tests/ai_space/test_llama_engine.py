@@ -171,19 +171,22 @@ def test_requests_join_a_running_batch(make_client: MakeClient) -> None:
 
 
 def test_client_disconnect_cancels_its_generation(make_client: MakeClient) -> None:
-    """GIVEN a streaming request held before its first decode WHEN the client goes away THEN
-    its generation ends as cancelled without a token, and the server keeps serving."""
+    """GIVEN a streaming request held before its first decode WHEN the openai client closes
+    the stream THEN its generation ends as cancelled without a token, and the server keeps
+    serving."""
     finished: queue.Queue[Finished] = queue.Queue()
     step = threading.Event()
     with serve(_settings(), Hooks(step_gate=step, on_finish=finished.put)) as (server, _):
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=AUTH,
-                          json={"messages": [{"role": "user", "content": "hi"}],
-                                "max_tokens": 64, "stream": True}) as resp:
-            assert next(resp.iter_lines()).startswith("data: ")
+        client = make_client(server.url)
+        stream = client.chat.completions.create(
+            model=MODEL, max_tokens=64, stream=True,
+            messages=[{"role": "user", "content": "hi"}])
+        assert next(iter(stream)).choices[0].delta.role == "assistant"
+        stream.close()  # the client goes away
         event = finished.get(timeout=WAIT_S)
         step.set()
         assert (event.finish_reason, event.completion_tokens) == ("cancelled", 0)
-        assert _ask(make_client(server.url), PROMPTS[0])
+        assert _ask(client, PROMPTS[0])
 
 
 def test_embeddings_match_sentence_transformers(llama_server: tuple[str, Any],
