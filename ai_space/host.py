@@ -25,8 +25,8 @@ class Hooks:
     """Test and operations hooks; all optional, none needed in production.
 
     load_gate: loading waits until this event is set (holds the server in "loading").
-    step_gate: the batcher waits for it before each forward pass (holds generations running).
-    on_finish: called from the batcher thread with each request's final event (metrics).
+    step_gate: either engine's loop waits for it before each forward pass (holds generations).
+    on_finish: called from the engine's thread with each request's final event (metrics).
     """
 
     load_gate: threading.Event | None = None
