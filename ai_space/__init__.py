@@ -1,5 +1,5 @@
-"""ai_space: an OpenAI-compatible model server (FastAPI + transformers) for a GPU Hugging Face
-Space and a CPU App Platform worker."""
+"""ai_space: an OpenAI-compatible model server for a GPU Hugging Face Space (transformers) and
+a CPU App Platform worker (llama.cpp)."""
 
 from ai_space.app import create_app
 from ai_space.config import ConfigError, Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -20,6 +20,10 @@ _ENV_FIELDS = {
     "SERVED_MODEL_NAME": "served_model_name",
     "DEVICE": "device",
     "DTYPE": "dtype",
+    "ENGINE": "engine",
+    "N_THREADS": "n_threads",
+    "N_CTX": "n_ctx",
+    "KV_TYPE": "kv_type",
     "MAX_CONCURRENCY": "max_concurrency",
     "MAX_QUEUE": "max_queue",
     "MAX_TOKENS": "max_tokens",
@@ -52,6 +56,15 @@ class Settings(BaseModel):
     served_model_name: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # auto: llama.cpp for a GGUF model on the CPU, transformers otherwise (see engine.py).
+    engine: Literal["auto", "transformers", "llama.cpp"] = "auto"
+    # Inference threads; None means the container's CPU quota (cpus.default_threads).
+    n_threads: int | None = Field(default=None, ge=1, le=1024)
+    # llama.cpp's KV cache, in tokens, shared by all running requests. Every request reserves
+    # its prompt plus max_tokens before it starts. q8_0 halves f16's size (SmolLM2-135M:
+    # 12 KB a token instead of 23 KB, so 8192 tokens take 96 MiB).
+    n_ctx: int = Field(default=8192, ge=256, le=1_048_576)
+    kv_type: Literal["q8_0", "f16"] = "q8_0"
     max_concurrency: int = Field(default=4, ge=1, le=256)
     max_queue: int = Field(default=16, ge=0, le=10_000)
     max_tokens: int = Field(default=512, ge=1)
@@ -68,6 +81,9 @@ class Settings(BaseModel):
         if (self.api_token is None or not self.api_token.get_secret_value()) and \
                 not self.allow_no_auth:
             raise ValueError("API_TOKEN is not set; set it, or ALLOW_NO_AUTH=1 to run open")
+        if self.engine == "llama.cpp" and self.n_ctx < self.max_input_tokens + 1:
+            raise ValueError(f"N_CTX ({self.n_ctx}) must exceed MAX_INPUT_TOKENS "
+                             f"({self.max_input_tokens}): the longest prompt must fit")
         return self
 
     @property

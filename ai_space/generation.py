@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    # Imported where used: the llama.cpp engine serves without loading torch at all.
+    import torch
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ Event = Delta | Finished
 def pick_next(logits: torch.Tensor, params: SamplingParams,
               generator: torch.Generator | None) -> int:
     """Choose the next token from one row of logits: greedy, or temperature and top-p."""
+    import torch
+
     if params.temperature <= 0.0:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
@@ -143,4 +147,6 @@ class GenerationJob:
         """A seeded torch generator when the request gave a seed, else None (global RNG)."""
         if self.params.seed is None:
             return None
+        import torch
+
         return torch.Generator().manual_seed(self.params.seed)

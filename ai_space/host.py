@@ -9,17 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ai_space.batching import Batcher
 from ai_space.config import Settings
-from ai_space.embeddings import Embedder
+from ai_space.cpus import default_threads
+from ai_space.engine import ChatFormat, Engine, EngineName, TextEmbedder, choose_engine, runs_on_cpu
 from ai_space.generation import Finished
-from ai_space.models.loading import (
-    ChatModel,
-    load_chat_model,
-    load_embedder,
-    pick_device,
-    pick_dtype,
-)
 
 log = logging.getLogger("ai_space")
 
@@ -32,8 +25,8 @@ class Hooks:
     """Test and operations hooks; all optional, none needed in production.
 
     load_gate: loading waits until this event is set (holds the server in "loading").
-    step_gate: the batcher waits for it before each forward pass (holds generations running).
-    on_finish: called from the batcher thread with each request's final event (metrics).
+    step_gate: either engine's loop waits for it before each forward pass (holds generations).
+    on_finish: called from the engine's thread with each request's final event (metrics).
     """
 
     load_gate: threading.Event | None = None
@@ -47,13 +40,27 @@ class ModelHost:
     def __init__(self, settings: Settings, hooks: Hooks) -> None:
         self.settings = settings
         self.hooks = hooks
-        self.status: Status = "loading"
-        self.device = pick_device(settings.device)
-        self.chat: ChatModel | None = None
-        self.embedder: Embedder | None = None
-        self.batcher: Batcher | None = None
+        self._status: Status = "loading"
+        try:
+            self.engine: EngineName = choose_engine(settings)
+        except (OSError, ValueError):
+            # A model that cannot be found: loading fails below and /health says error.
+            self.engine = "transformers"
+        self.threads = settings.n_threads or default_threads()
+        self.device = "cpu" if self.engine == "llama.cpp" or runs_on_cpu(settings.device) \
+            else ("cuda" if settings.device == "auto" else settings.device)
+        self.chat: ChatFormat | None = None
+        self.embedder: TextEmbedder | None = None
+        self.batcher: Engine | None = None
         self._done = threading.Event()
         self._closing = threading.Event()
+
+    @property
+    def status(self) -> Status:
+        """loading, ready, or error (failed to load, or the decode loop has died)."""
+        if self._status == "ready" and self.batcher is not None and not self.batcher.alive:
+            return "error"
+        return self._status
 
     def start(self) -> None:
         """Begin loading in the background and return at once."""
@@ -77,28 +84,74 @@ class ModelHost:
             while gate is not None and not gate.wait(0.1):
                 if self._closing.is_set():
                     return
-            dtype = pick_dtype(self.settings.dtype, self.device)
-            chat = load_chat_model(self.settings.model_id, self.settings.model_file,
-                                   self.device, dtype)
-            if self.settings.embedding_model_id is not None:
-                self.embedder = load_embedder(self.settings.embedding_model_id, self.device)
-            batcher = Batcher(chat.model, chat.tokenizer, max_batch=self.settings.max_concurrency,
-                              max_queue=self.settings.max_queue, eos_ids=set(chat.eos_ids),
-                              step_gate=self.hooks.step_gate, on_finish=self.hooks.on_finish)
+            if self.engine == "llama.cpp":
+                chat, batcher = self._load_llama()
+            else:
+                chat, batcher = self._load_transformers()
             batcher.start()
             self.chat, self.batcher = chat, batcher
             if self._closing.is_set():
                 batcher.stop()
                 return
-            self.status = "ready"
-            log.info("ready in %.1fs: model=%s embedding_model=%s device=%s",
-                     time.perf_counter() - started, self.settings.model_name,
-                     self.settings.embedding_model_name, self.device)
+            self._status = "ready"
+            log.info("ready in %.1fs: model=%s embedding_model=%s engine=%s device=%s "
+                     "threads=%d", time.perf_counter() - started, self.settings.model_name,
+                     self.settings.embedding_model_name, self.engine, self.device, self.threads)
         except Exception:
-            self.status = "error"
+            self._status = "error"
             log.exception("model loading failed after %.1fs", time.perf_counter() - started)
         finally:
             self._done.set()
+
+    def _load_llama(self) -> tuple[ChatFormat, Engine]:
+        from ai_space.llama.embed import load_gguf_embedder
+        from ai_space.llama.engine import LlamaEngine
+        from ai_space.llama.model import GGUFChatModel
+        from ai_space.models.packaged import resolve
+
+        settings = self.settings
+        path = resolve(settings.model_id, settings.model_file).gguf_path
+        if path is None:
+            raise ValueError("ENGINE=llama.cpp needs a local GGUF: MODEL_ID a folder or pkg: "
+                             "id, and MODEL_FILE the .gguf inside it")
+        if settings.n_ctx <= settings.max_input_tokens:
+            raise ValueError(f"N_CTX ({settings.n_ctx}) must exceed MAX_INPUT_TOKENS "
+                             f"({settings.max_input_tokens})")
+        log.info("loading %s with llama.cpp: %d threads, %d-token %s KV cache", path.name,
+                 self.threads, settings.n_ctx, settings.kv_type)
+        chat = GGUFChatModel(path)
+        if settings.embedding_model_id is not None:
+            self.embedder = load_gguf_embedder(settings.embedding_model_id)
+        engine = LlamaEngine(chat, n_ctx=settings.n_ctx, n_threads=self.threads,
+                             max_batch=settings.max_concurrency, max_queue=settings.max_queue,
+                             kv_type=settings.kv_type,
+                             step_gate=self.hooks.step_gate, on_finish=self.hooks.on_finish)
+        return chat, engine
+
+    def _load_transformers(self) -> tuple[ChatFormat, Engine]:
+        import torch
+
+        from ai_space.batching import Batcher
+        from ai_space.models.loading import (
+            load_chat_model,
+            load_embedder,
+            pick_device,
+            pick_dtype,
+        )
+
+        settings = self.settings
+        device = pick_device(settings.device)
+        self.device = str(device)
+        if device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        dtype = pick_dtype(settings.dtype, device)
+        chat = load_chat_model(settings.model_id, settings.model_file, device, dtype)
+        if settings.embedding_model_id is not None:
+            self.embedder = load_embedder(settings.embedding_model_id, device)
+        batcher = Batcher(chat.model, chat.tokenizer, max_batch=settings.max_concurrency,
+                          max_queue=settings.max_queue, eos_ids=set(chat.eos_ids),
+                          step_gate=self.hooks.step_gate, on_finish=self.hooks.on_finish)
+        return chat, batcher
 
     def _heartbeat(self) -> None:
         # Weights can take minutes to download or convert; say that we are still at it.

@@ -14,11 +14,10 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError
 from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
-from ai_space.batching import Batcher
 from ai_space.config import Settings
+from ai_space.engine import ChatFormat, Engine
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
-from ai_space.models.loading import ChatModel
 from ai_space.sse import ChatStream, collect
 
 log = logging.getLogger("ai_space")
@@ -36,15 +35,9 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _status(host: ModelHost) -> str:
-    """The host's status, except that a dead generation loop is an error, not ready."""
-    if host.status == "ready" and (host.batcher is None or not host.batcher.alive):
-        return "error"
-    return host.status
-
-
-def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
-    if _status(host) == "error":
+def _ready(host: ModelHost) -> tuple[ChatFormat, Engine]:
+    # ModelHost.status is "error" when the model failed to load or its decode loop has died.
+    if host.status == "error":
         raise NotReady("model failed to load or stopped; see the server log",
                        code="model_error", retry_after=60)
     if host.chat is None or host.batcher is None or host.status != "ready":
@@ -57,7 +50,7 @@ def _ready(host: ModelHost) -> tuple[ChatModel, Batcher]:
 async def health(request: Request) -> JSONResponse:
     """Cheap readiness: 200 when ready, 503 (Retry-After while loading) otherwise."""
     host, settings = _host(request), _settings(request)
-    status = _status(host)
+    status = host.status
     body = {"status": status, "model": settings.model_name,
             "embedding_model": settings.embedding_model_name, "device": str(host.device)}
     if status == "ready":
@@ -77,7 +70,7 @@ async def models(request: Request) -> JSONResponse:
                          "data": [schema.model_card(name, _STARTED) for name in names]})
 
 
-def _prompt(chat: ChatModel, body: schema.ChatCompletionRequest) -> list[int]:
+def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
     turns = [m.as_template_turn() for m in body.messages]
     try:
         return chat.prompt_ids(turns)
@@ -146,7 +139,7 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     if len(texts) > settings.max_embedding_inputs:
         raise BadRequest(f"at most {settings.max_embedding_inputs} inputs per request")
     started = time.perf_counter()
-    vectors = (await run_in_threadpool(embedder.embed, texts)).numpy()
+    vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
     tokens = await run_in_threadpool(embedder.count_tokens, texts)
     log.info("embeddings inputs=%d tokens=%d latency_ms=%.0f", len(texts), tokens,
              (time.perf_counter() - started) * 1000)

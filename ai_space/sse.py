@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import Request
 
 from ai_space import schema
-from ai_space.batching import Batcher
 from ai_space.config import Settings
+from ai_space.engine import Engine
 from ai_space.errors import APIError, error_body
 from ai_space.generation import Delta, Event, Finished, GenerationJob, SamplingParams
 
@@ -55,7 +55,7 @@ class ChatStream:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def open(cls, batcher: Batcher, prompt_ids: list[int], body: schema.ChatCompletionRequest,
+    def open(cls, batcher: Engine, prompt_ids: list[int], body: schema.ChatCompletionRequest,
              settings: Settings) -> ChatStream:
         """Submit a job (QueueFull propagates as a 429) and wire its events to this loop."""
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run on this machine, as one markdown table.
 
     .venv/bin/python -m bench [--quick] [--runs 10] [--requests 2000] [--sleep-s 60] [--streams 200]
-                              [--ai-space smollm2|tiny|skip] [--no-alternatives]
+                              [--ai-space smollm2|tiny|skip] [--no-alternatives] [--no-engines]
                               [--out bench/results.md]
 
 Cases alternate (cold runs case by case, warm requests path by path), and every figure is shown
@@ -25,6 +25,7 @@ from bench import warm as warm_
 from bench.ai_space import throughput
 from bench.common import ROOT, load, machine
 from bench.decision import decision_us
+from bench.engines import bench_rows, side_by_side
 from bench.sleeping import sleeping
 
 log = logging.getLogger("bench")
@@ -140,6 +141,8 @@ def main() -> None:
                         help="streams per path for the service's added-latency figures")
     parser.add_argument("--ai-space", choices=["smollm2", "tiny", "skip"], default="smollm2")
     parser.add_argument("--no-alternatives", action="store_true")
+    parser.add_argument("--no-engines", action="store_true",
+                        help="skip the CPU engines side by side (bench/engines.py)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     parser.add_argument("--readme", action="store_true",
                         help="also put the table in README.md between the bench markers")
@@ -147,6 +150,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.requests, args.sleep_s, args.ai_space = 3, 300, 5.0, "skip"
         args.streams = 30
+        args.no_engines = True
     alternatives = not args.no_alternatives
     started, load_before = time.monotonic(), load()
 
@@ -166,6 +170,10 @@ def main() -> None:
     if args.ai_space != "skip":
         log.info("ai_space throughput: %s (minutes)", args.ai_space)
         ai = throughput(args.ai_space)
+    engines = None
+    if not args.no_engines:
+        log.info("CPU engines side by side (minutes)")
+        engines = side_by_side(threads=2, max_tokens=128)
 
     lines = [
         f"Measured by `make bench` on {machine()}, load average {load_before} at the start, "
@@ -184,6 +192,7 @@ def main() -> None:
         f"{decide['p50_us']:.1f} / {decide['p99_us']:.1f} µs | | well under 1 ms: "
         f"{_ok(decide['p99_us'] < 1000)} |",
         *(_ai_rows(ai) if ai else []),
+        *(bench_rows(engines) if engines else []),
         "",
     ]
     table = "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The packaged default models: `pkg:` ids that point into pip-installed model packages."""
+"""Where models come from: `pkg:` ids into pip-installed model packages, folders, Hub ids."""
 
 from __future__ import annotations
 
@@ -46,3 +46,30 @@ def locate(model_id: str) -> tuple[Path, str | None]:
         raise FileNotFoundError(f"package {entry.package!r} for {model_id} is not installed")
     folder = Path(next(iter(spec.submodule_search_locations))) / entry.subfolder
     return folder, entry.gguf_file
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to load a model from: a Hub id or a folder, and maybe a GGUF inside it."""
+
+    location: str
+    gguf_file: str | None
+    local_folder: Path | None
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The GGUF file on disk, when the model is a GGUF in a local folder."""
+        if self.gguf_file is None or self.local_folder is None:
+            return None
+        return self.local_folder / self.gguf_file
+
+
+def resolve(model_id: str, model_file: str | None) -> Source:
+    """Turn MODEL_ID (+ MODEL_FILE) into a Source; `pkg:` ids point into installed packages."""
+    if model_id in PACKAGED:
+        folder, gguf = locate(model_id)
+        return Source(str(folder), model_file or gguf, folder)
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return Source(str(path), model_file, path)
+    return Source(model_id, model_file, None)

@@ -17,10 +17,11 @@ from tests.ai_space.conftest import TOKEN, serve
 @pytest.mark.slow
 def test_packaged_smollm2_and_minilm_answer_sensibly(
         make_client: Callable[..., openai.OpenAI]) -> None:
-    """GIVEN the packaged defaults (pkg:smollm2 GGUF, pkg:minilm) WHEN serving THEN a sentence's
+    """GIVEN the packaged defaults (pkg:smollm2 GGUF, pkg:minilm) on the transformers engine
+    (the llama.cpp engine has its own tests in test_llama_engine.py) WHEN serving THEN a sentence's
     embedding is closer to its paraphrase than to an unrelated sentence, matches the known
     sentence-transformers vector, and a greedy chat reply is non-empty English text."""
-    settings = Settings(api_token=SecretStr(TOKEN), max_tokens=48)
+    settings = Settings(api_token=SecretStr(TOKEN), max_tokens=48, engine="transformers")
     assert (settings.model_id, settings.embedding_model_id) == ("pkg:smollm2", "pkg:minilm")
     with serve(settings) as (server, _):
         client = make_client(server.url)

@@ -1,0 +1,78 @@
+"""What the routes need from an engine, and which engine serves a given configuration.
+
+Two engines sit behind the same HTTP contract: transformers (any Hub or folder model, CPU
+or CUDA, with its own batcher) and llama.cpp (GGUF models on the CPU, continuously batched).
+The routes see only these protocols, so neither engine's libraries load for the other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ai_space.config import Settings
+from ai_space.generation import GenerationJob
+from ai_space.models.packaged import resolve
+
+EngineName = Literal["transformers", "llama.cpp"]
+
+# Present on a machine with an NVIDIA driver loaded (a GPU Space), absent in CPU containers.
+_NVIDIA = Path("/proc/driver/nvidia/version")
+
+
+class ChatFormat(Protocol):
+    """Turns chat messages into the model's prompt token ids."""
+
+    def prompt_ids(self, turns: list[dict[str, str]]) -> list[int]:
+        """Apply the model's chat template and tokenize."""
+
+
+class Engine(Protocol):
+    """Runs generation jobs: admission control, a queue, and a decode loop in a thread."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the decode loop is running."""
+
+    def start(self) -> None:
+        """Start the decode loop."""
+
+    def stop(self) -> None:
+        """End every job as cancelled and stop the loop."""
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job, or raise QueueFull."""
+
+
+class TextEmbedder(Protocol):
+    """Sentence embeddings for the /v1/embeddings route."""
+
+    def embed(self, texts: list[str]) -> Any:
+        """Unit-length float vectors, one row per text (anything numpy.asarray takes)."""
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """How many tokens the inputs take after truncation."""
+
+
+def cuda_present() -> bool:
+    """Whether a CUDA GPU can be used: an NVIDIA driver is loaded and torch is installed."""
+    return _NVIDIA.exists() and importlib.util.find_spec("torch") is not None
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether DEVICE (auto, cpu, cuda, cuda:0...) ends up on the CPU."""
+    return device == "cpu" or (device == "auto" and not cuda_present())
+
+
+def choose_engine(settings: Settings) -> EngineName:
+    """ENGINE=auto: llama.cpp for a GGUF model on the CPU, transformers for everything else.
+
+    An image without llama-cpp-python (the GPU Space's) stays on transformers under auto.
+    """
+    if settings.engine != "auto":
+        return settings.engine
+    gguf = resolve(settings.model_id, settings.model_file).gguf_file is not None
+    if gguf and runs_on_cpu(settings.device) and importlib.util.find_spec("llama_cpp"):
+        return "llama.cpp"
+    return "transformers"
