@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ai_space.models.packaged import packaged_name
 
@@ -73,7 +81,13 @@ class Settings(BaseModel):
     max_embedding_inputs: int = Field(default=256, ge=1)
     host: str = "0.0.0.0"
     port: int = Field(default=7860, ge=1, le=65535)
-    log_level: str = "info"
+    # uvicorn's names for the levels it takes (it raises at start-up on anything else).
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fail_closed(self) -> Settings:
@@ -121,9 +135,11 @@ class Settings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            # Never echo the input: it may hold the token.
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-                                 for e in exc.errors(include_input=False))
+            # Name the variable, never echo the input: it may hold the token.
+            names = {field: key for key, field in _ENV_FIELDS.items()}
+            problems = "; ".join(
+                f"{names.get(str(e['loc'][0]), str(e['loc'][0])) if e['loc'] else 'settings'}: "
+                f"{e['msg']}" for e in exc.errors(include_input=False))
             raise ConfigError(problems) from None
 
 

@@ -63,8 +63,8 @@ def test_local_gguf_is_named_after_its_file() -> None:
 
 
 def test_bad_values_are_reported_without_the_token() -> None:
-    """GIVEN a bad number and a token WHEN read THEN ConfigError names the field, not the token."""
-    with pytest.raises(ConfigError, match="max_concurrency") as raised:
+    """GIVEN a bad number and a token WHEN read THEN ConfigError names the variable, not the token."""
+    with pytest.raises(ConfigError, match="MAX_CONCURRENCY") as raised:
         Settings.from_env({"API_TOKEN": "very-secret", "MAX_CONCURRENCY": "lots"})
     assert "very-secret" not in str(raised.value)
 
@@ -81,3 +81,16 @@ def test_module_entry_exits_without_a_token() -> None:
                           text=True, timeout=120, check=False)
     assert done.returncode == 2
     assert "API_TOKEN" in done.stderr
+
+
+@pytest.mark.parametrize("level", ["LOUD", "verbose", "5"])
+def test_a_bad_log_level_refuses_to_start(level: str) -> None:
+    """GIVEN LOG_LEVEL that is no logging level WHEN settings are read THEN ConfigError naming
+    the variable (not a crash when the server sets its level at start-up)."""
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        Settings.from_env({"API_TOKEN": "t", "LOG_LEVEL": level})
+
+
+def test_log_level_takes_any_case() -> None:
+    """GIVEN LOG_LEVEL=Warning WHEN settings are read THEN it is accepted as warning."""
+    assert Settings.from_env({"API_TOKEN": "t", "LOG_LEVEL": "Warning"}).log_level == "warning"
