@@ -43,7 +43,7 @@ def test_engine_threads_and_context_are_read_from_the_environment() -> None:
                                   "N_THREADS": "3", "N_CTX": "4096",
                                   "MAX_INPUT_TOKENS": "2048"})
     assert (settings.engine, settings.n_threads, settings.n_ctx) == ("llama.cpp", 3, 4096)
-    with pytest.raises(ConfigError, match="engine"):
+    with pytest.raises(ConfigError, match="ENGINE"):
         Settings.from_env({"ALLOW_NO_AUTH": "1", "ENGINE": "vllm"})
     with pytest.raises(ConfigError, match="N_CTX"):
         Settings.from_env({"ALLOW_NO_AUTH": "1", "ENGINE": "llama.cpp", "N_CTX": "1024",
