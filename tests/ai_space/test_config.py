@@ -63,7 +63,8 @@ def test_local_gguf_is_named_after_its_file() -> None:
 
 
 def test_bad_values_are_reported_without_the_token() -> None:
-    """GIVEN a bad number and a token WHEN read THEN ConfigError names the variable, not the token."""
+    """GIVEN a bad number and a token WHEN read THEN ConfigError names the variable, not the
+    token."""
     with pytest.raises(ConfigError, match="MAX_CONCURRENCY") as raised:
         Settings.from_env({"API_TOKEN": "very-secret", "MAX_CONCURRENCY": "lots"})
     assert "very-secret" not in str(raised.value)
