@@ -134,6 +134,20 @@ class Settings(BaseModel):
                 if not (is_unset(value) and key in cls.model_fields
                         and not cls.model_fields[key].is_required())}
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        # An undecodable byte in the environment arrives as a lone surrogate: it would pass as
+        # text and crash every request where the value is encoded (a model name in a body).
+        for item in (value,) if isinstance(value, str) else \
+                (value if isinstance(value, list | tuple) else ()):
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("must be valid UTF-8 text") from None
+        return value
+
     @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url")
     @classmethod
     def _http_url(cls, value: str) -> str:

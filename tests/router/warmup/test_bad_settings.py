@@ -24,6 +24,10 @@ BAD_SETTINGS = [
     ("OFF_HOURS", "sometimes"),
     ("SPACE_SLEEP_TIME_S", "-7"),
     ("ROUTE_DEFAULT", "large"),
+    # Found by the settings fuzz: a lone surrogate (an undecodable byte in the environment)
+    # passed as a model name and crashed every request when the body was encoded.
+    ("WORKER_MODEL", "small\udc80"),
+    ("SPACE_MODEL", "llm\udcff"),
 ]
 
 
