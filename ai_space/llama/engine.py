@@ -158,6 +158,12 @@ class LlamaEngine:
             self._emit_end(job, Finished("error", 0, 0, "empty prompt"))
         if not self._hold():
             return True
+        if self.step_gate is not None:
+            # Jobs that arrived while the loop was parked at the gate join this very step.
+            with self._cond:
+                late = self._admit()
+            for job in late:
+                self._emit_end(job, Finished("error", 0, 0, "empty prompt"))
         self._drop_cancelled()
         if not self._running:
             return True
