@@ -67,6 +67,18 @@ BUGS = [
      "fault); now a fallback, or 502 `response_too_large`"),
     ("router/_fallback.py", "review", "the engine joined the wake thread for up to "
      "`WAKE_GRACE_MS` before answering; now only the function's edge waits, at most 250 ms"),
+    ("ai_space/batching.py", "review", "a `seed` outside torch's range killed the batcher thread: "
+     "every later request hung and `/health` still said ready; now a 400, one job's failure "
+     "never stops the loop, and a dead loop is a 503"),
+    ("router/_config.py", "review", "`LOG_LEVEL=LOUD` (any bad setting) raised out of `main`, "
+     "the platform's bare 502; now 503 `misconfigured` naming the variable, in `ask` and "
+     "`warmup`"),
+    ("router/_config.py", "settings fuzz", "a token or key with a non-ASCII character, or a "
+     "malformed backend URL, gave a 500 on every request; now `misconfigured`"),
+    ("router/_config.py", "settings fuzz", "a model name holding an undecodable byte (a lone "
+     "surrogate) crashed every request; every setting must be valid UTF-8"),
+    ("ai_space/errors.py", "review", "any unexpected exception became a 400 carrying its text; "
+     "now a 500 with a request id, details in the log"),
 ]
 
 
