@@ -27,7 +27,10 @@ DEFAULT_TASK_WORDS = (
     "proposal", "essay", "rewrite", "cover letter", "function", "script",
 )
 
-PositiveMs = Annotated[int, Field(ge=1)]
+# At most the platform's longest function timeout (15 min): a larger one is a typo, and past
+# what a socket timeout takes it would raise OverflowError inside the HTTP client.
+MAX_MS = 900_000
+PositiveMs = Annotated[int, Field(ge=1, le=MAX_MS)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 # `owner/name`, as the Hub spells a repo id.
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -67,10 +70,10 @@ class Settings(BaseModel):
     # Deadlines, in milliseconds.
     router_deadline_ms: PositiveMs = 25_000
     min_deadline_ms: PositiveMs = 1_000
-    deadline_margin_ms: int = Field(default=500, ge=0)
-    fallback_reserve_ms: int = Field(default=8_000, ge=0)
+    deadline_margin_ms: int = Field(default=500, ge=0, le=MAX_MS)
+    fallback_reserve_ms: int = Field(default=8_000, ge=0, le=MAX_MS)
     connect_timeout_ms: PositiveMs = 2_000
-    wake_grace_ms: int = Field(default=300, ge=0)
+    wake_grace_ms: int = Field(default=300, ge=0, le=MAX_MS)
     # Streams (router/_stream_read.py): no content, or no chunk, for this long means fail over.
     first_token_timeout_ms: PositiveMs = 8_000
     stream_stall_timeout_ms: PositiveMs = 8_000
@@ -78,9 +81,9 @@ class Settings(BaseModel):
     # Retries and circuit breaker.
     retry_attempts: int = Field(default=3, ge=1, le=10)
     breaker_failures: int = Field(default=3, ge=1)
-    breaker_cooldown_s: float = Field(default=30.0, gt=0)
-    space_probe_s: float = Field(default=5.0, gt=0)
-    wake_cooldown_s: float = Field(default=120.0, ge=0)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86_400)
+    space_probe_s: float = Field(default=5.0, gt=0, le=86_400)
+    wake_cooldown_s: float = Field(default=120.0, ge=0, le=86_400)
 
     # Who may call.
     cors_origins: tuple[str, ...] = ()

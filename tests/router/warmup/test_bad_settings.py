@@ -28,6 +28,10 @@ BAD_SETTINGS = [
     # passed as a model name and crashed every request when the body was encoded.
     ("WORKER_MODEL", "small\udc80"),
     ("SPACE_MODEL", "llm\udcff"),
+    # Found by the full-size settings fuzz: a timeout past what a socket takes raised
+    # OverflowError in the warmup's HTTP client (and leaked its socket).
+    ("WARMUP_TIMEOUT_MS", str(2**70)),
+    ("CONNECT_TIMEOUT_MS", str(2**62)),
 ]
 
 
