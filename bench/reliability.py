@@ -122,8 +122,9 @@ def render(data: dict[str, Any], wall_s: float | None, passed: bool) -> str:
             "`Retry-After` that fits)."]
     load = data.get("load", {}).get("figures")
     if load:
-        out += ["", "**Load** (through the gateway, the Space cycling awake / sleeping page / "
-                "503 every 150 ms):", "", "| figure | value |", "|---|---|",
+        out += ["", "**Load** (through the service, clients in a process of their own, the Space "
+                "cycling awake / sleeping page / 503 every 150 ms):", "",
+                "| figure | value |", "|---|---|",
                 f"| concurrent clients × rounds | {load['clients']} × "
                 f"{load['requests'] // load['clients']} = {load['requests']} requests in "
                 f"{load['wall_s']} s |",
