@@ -77,6 +77,9 @@ BUGS = [
      "malformed backend URL, gave a 500 on every request; now `misconfigured`"),
     ("router/_config.py", "settings fuzz", "a model name holding an undecodable byte (a lone "
      "surrogate) crashed every request; every setting must be valid UTF-8"),
+    ("router/_config.py", "settings fuzz", "a timeout of 2**70 ms passed, then raised "
+     "OverflowError in the warmup's HTTP client and leaked its socket; `*_MS` settings are at "
+     "most 900,000"),
     ("ai_space/errors.py", "review", "any unexpected exception became a 400 carrying its text; "
      "now a 500 with a request id, details in the log"),
 ]
