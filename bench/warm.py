@@ -61,7 +61,11 @@ def warm(requests: int, *, alternatives: bool = True) -> tuple[Figures, dict[str
                            "LOG_LEVEL": "WARNING"})
         main = load_entry()
         stack.callback(main.__globals__["FUNCTION"].close)
-        gateway = Service(main.__globals__["FUNCTION"], namespace="bench", port=0).start()
+        # A container of its own for the service: a router's async clients belong to the one
+        # event loop that uses them (the function's loop thread, or the service's loop).
+        served = load_entry()
+        stack.callback(served.__globals__["FUNCTION"].close)
+        gateway = Service(served.__globals__["FUNCTION"], namespace="bench", port=0).start()
         stack.callback(gateway.stop)
         event: dict[str, Any] = {"http": {"method": "POST", "path": "/v1/chat/completions",
                                           "headers": {"content-type": "application/json"},
