@@ -57,6 +57,11 @@ def warm(requests: int, *, alternatives: bool = True) -> tuple[Figures, dict[str
     backend = FakeBackend("worker", token=TOKEN)
     with ExitStack() as stack:
         server = stack.enter_context(LoopbackServer(backend))
+        # The entry reads its settings from the environment, as on DigitalOcean; put it back
+        # afterwards, or later benches' subprocesses would inherit this (dead) worker.
+        saved = dict(os.environ)
+        stack.callback(os.environ.update, saved)
+        stack.callback(os.environ.clear)
         os.environ.update({"WORKER_URL": server.url, "WORKER_TOKEN": TOKEN,
                            "LOG_LEVEL": "WARNING"})
         main = load_entry()
