@@ -19,16 +19,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from router_tools.edge_state import PAUSED, RUNNING, SLEEPING, STARTING, SpaceState
+from router_tools.serving import UvicornHost
 
 __all__ = ["PAUSED", "RUNNING", "SLEEPING", "STARTING", "EdgeConfig", "LocalEdge", "SpaceState",
            "config_from_env", "json_reply", "main"]
@@ -84,15 +83,13 @@ class EdgeConfig:
     hardware: str = "cpu-upgrade"  # sleep time is configurable on it, as on GPU hardware
 
 
-class LocalEdge:
+class LocalEdge(UvicornHost):
     """The Space's edge and the few Hub endpoints on one port: an ASGI app served by uvicorn."""
 
     thread_name = "local-edge"
 
     def __init__(self, config: EdgeConfig, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        import uvicorn
-
         self.config = config
         self._transport = transport
         # The health probe is a blocking call: the app runs it on a worker thread.
@@ -101,18 +98,12 @@ class LocalEdge:
         self._client: httpx.AsyncClient | None = None  # made on uvicorn's loop, at startup
         self.state = SpaceState(start_s=config.start_s, probe=self._app_healthy)
         self._hub_prefix = f"/api/spaces/{config.space_id}/"
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when it is.
-        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.sock.bind((config.host, config.port))
+            self._host(self, host=config.host, port=config.port,
+                       timeout_graceful_shutdown=GRACE_S, backlog=1024)
         except OSError:
-            self.sock.close()
             self._probe_client.close()
             raise
-        self.server = uvicorn.Server(_uvicorn_config(self, host=config.host))
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -259,28 +250,9 @@ class LocalEdge:
         finally:
             await response.aclose()  # the app's stream ends with the caller's
 
-    def serve_forever(self) -> None:
-        """Serve on this thread until SIGINT or SIGTERM (then finish answers in flight)."""
-        self.server.run(sockets=[self.sock])
-
-    def start(self) -> Self:
-        """Serve on a background thread; return once it accepts connections."""
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                        daemon=True, name=self.thread_name)
-        self._thread.start()
-        ready = threading.Event()
-        while not self.server.started and self._thread.is_alive():
-            ready.wait(0.01)
-        if not self.server.started:
-            raise RuntimeError("the edge did not start")
-        return self
-
     def stop(self) -> None:
         """Stop serving (if started), close the socket and the probe's client."""
-        self.server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self.sock.close()
+        super().stop()
         self._probe_client.close()
 
 
@@ -319,20 +291,6 @@ async def _relay(response: httpx.Response, receive: Any, send: Any) -> None:
             task.cancel()
     for task in done:
         task.result()  # an unexpected error surfaces (uvicorn logs it)
-
-
-def _uvicorn_config(app: LocalEdge, *, host: str) -> Any:
-    """uvicorn's config for the edge: uvloop and httptools where they are installed."""
-    import importlib.util
-
-    import uvicorn
-
-    fast = importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
-    return uvicorn.Config(app, host=host, port=0, lifespan="on", log_level="warning",
-                          loop="uvloop" if fast else "asyncio",
-                          http="httptools" if fast else "h11",
-                          timeout_graceful_shutdown=GRACE_S, backlog=1024,
-                          access_log=False, server_header=False, date_header=False)
 
 
 def config_from_env(env: Mapping[str, str]) -> EdgeConfig:

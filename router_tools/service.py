@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import threading
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from router._do_event import PLATFORM_BODY_LIMIT, WebFunction
 from router._http_types import HttpRequest, HttpResponse
 from router._stream_out import STREAMING
+from router_tools.serving import UvicornHost
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -157,75 +156,20 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-def uvicorn_config(app: RouterService, *, host: str, port: int | None = None,
-                   grace_s: float = GRACE_S) -> Any:
-    """uvicorn's config for the service: uvloop and httptools where they are installed."""
-    import importlib.util
-
-    import uvicorn
-
-    fast = importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
-    return uvicorn.Config(app, host=host, port=port or 0, lifespan="on", log_level="warning",
-                          loop="uvloop" if fast else "asyncio",
-                          http="httptools" if fast else "h11",
-                          timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=CONNECTION_LIMIT,
-                          timeout_graceful_shutdown=int(grace_s), backlog=2048,
-                          access_log=False, server_header=False, date_header=False)
-
-
-class Service:
+class Service(UvicornHost):
     """The service on a socket bound up front: `serve_forever` (the CLI) or `start` (tests)."""
 
     thread_name = "router-service"
 
     def __init__(self, function: WebFunction, *, namespace: str = "local",
                  timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080) -> None:
-        import uvicorn
-
         self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
         self.host = host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when it is.
-        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
-        except OSError:
-            self.sock.close()
-            raise
-        self.server = uvicorn.Server(uvicorn_config(self.app, host=host))
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return int(self.sock.getsockname()[1])
+        self._host(self.app, host=host, port=port, timeout_keep_alive=KEEP_ALIVE_S,
+                   limit_concurrency=CONNECTION_LIMIT, timeout_graceful_shutdown=int(GRACE_S),
+                   backlog=2048)
 
     @property
     def function_url(self) -> str:
         """The function URL, in DigitalOcean's shape."""
         return f"http://{self.host}:{self.port}{self.app.prefix}"
-
-    def serve_forever(self) -> None:
-        """Serve on this thread until SIGINT or SIGTERM (then finish streams in flight)."""
-        self.server.run(sockets=[self.sock])
-
-    def start(self) -> Self:
-        """Serve on a background thread; return once it accepts connections."""
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                        daemon=True, name=self.thread_name)
-        self._thread.start()
-        ready = threading.Event()
-        while not self.server.started and self._thread.is_alive():
-            ready.wait(0.01)
-        if not self.server.started:
-            raise RuntimeError("the service did not start")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self.sock.close()
-
