@@ -28,7 +28,7 @@ from router._do_event import FunctionContext, WebFunction
 from router._quota_redis import RedisCounter
 from router_tools.token_cli import mint
 from tests.fakes.openai_backend import FakeBackend
-from tests.support.artifact import build_ask, run_in_artifact
+from tests.support.artifact import build_ask
 from tests.support.loopback import LoopbackServer
 from tests.support.redis_server import RedisServer
 
@@ -66,13 +66,7 @@ def cold(runs: int, redis_url: str) -> Figures:
         fn_dir = build_ask(Path(tmp) / "project")
 
         def case(script: str, env: dict[str, str]) -> Callable[[], dict[str, float]]:
-            def run() -> dict[str, float]:
-                out = run_in_artifact(fn_dir, script, env, cwd=fn_dir.parent)
-                if out.returncode != 0:
-                    raise RuntimeError(out.stderr[-2000:])
-                data: dict[str, float] = json.loads(out.stdout)
-                return data
-            return run
+            return cold_.artifact_case(fn_dir, script, env)
 
         cases = {WORKING: case(cold_.WORKING_FLOOR, cold_.ENV),
                  ENTRY_OPEN: case(cold_.ENTRY, cold_.ENV),

@@ -77,9 +77,11 @@ LITELLM_CASE = "`import litellm` + `litellm.Router` (2 deployments)"
 Figures = dict[str, dict[str, float]]
 
 
-def _artifact_case(fn_dir: Path, script: str) -> Callable[[], dict[str, float]]:
+def artifact_case(fn_dir: Path, script: str, env: dict[str, str] | None = None
+                  ) -> Callable[[], dict[str, float]]:
+    """One cold case: `script` in a bare interpreter that sees only the built function."""
     def run() -> dict[str, float]:
-        out = run_in_artifact(fn_dir, script, ENV, cwd=fn_dir.parent)
+        out = run_in_artifact(fn_dir, script, ENV if env is None else env, cwd=fn_dir.parent)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
         data: dict[str, float] = json.loads(out.stdout)
@@ -92,9 +94,9 @@ def cold(runs: int, *, alternatives: bool = True) -> tuple[Figures, dict[str, st
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fn_dir = build_ask(Path(tmp) / "project")
-        cases = {FLOOR_CASE: _artifact_case(fn_dir, FLOOR),
-                 WORKING_CASE: _artifact_case(fn_dir, WORKING_FLOOR),
-                 ENTRY_CASE: _artifact_case(fn_dir, ENTRY)}
+        cases = {FLOOR_CASE: artifact_case(fn_dir, FLOOR),
+                 WORKING_CASE: artifact_case(fn_dir, WORKING_FLOOR),
+                 ENTRY_CASE: artifact_case(fn_dir, ENTRY)}
         if alternatives:
             python = ensure_litellm()
             if python is None:
