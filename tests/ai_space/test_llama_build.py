@@ -43,13 +43,33 @@ def _declared() -> dict[str, bool]:
     return {m[1]: m[2] == "ON" for f in flags if (m := re.fullmatch(r"-DGGML_(\w+)=(ON|OFF)", f))}
 
 
-def _disassembly(lib: Path) -> str:
-    if shutil.which("objdump") is None:
+def _binutils() -> None:
+    if shutil.which("objdump") is None or shutil.which("as") is None:
         if os.environ.get("CI"):
-            pytest.fail("objdump is missing; `make test` as root installs binutils")
-        pytest.skip("needs objdump: sudo apt-get install -y binutils")
+            pytest.fail("objdump or as is missing; `make test` as root installs binutils")
+        pytest.skip("needs objdump and as: sudo apt-get install -y binutils")
+
+
+def _disassembly(lib: Path) -> str:
+    _binutils()
     return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True,
                           text=True, check=True).stdout
+
+
+def test_the_patterns_find_amx_and_avx512_where_they_are(tmp_path: Path) -> None:
+    """GIVEN an object assembled here with AMX instructions and one AVX-512 add WHEN disassembled
+    and searched as the library is below THEN every AMX instruction and the zmm operands are
+    found (so a clean library is clean, not a pattern that matches nothing)."""
+    _binutils()
+    source = tmp_path / "amx.s"
+    source.write_text("ldtilecfg (%rdi)\ntilezero %tmm0\ntileloadd (%rsi,%rdx,1), %tmm1\n"
+                      "tdpbssd %tmm2, %tmm1, %tmm0\ntilestored %tmm0, (%rdi,%rdx,1)\n"
+                      "tilerelease\nvaddps %zmm1, %zmm2, %zmm3\n")
+    subprocess.run(["as", str(source), "-o", str(tmp_path / "amx.o")], check=True)
+    code = _disassembly(tmp_path / "amx.o")
+    assert {m.group(1) for m in AMX.finditer(code)} == {
+        "ldtilecfg", "tilezero", "tileloadd", "tdpbssd", "tilestored", "tilerelease"}
+    assert len(AVX512.findall(code)) == 3
 
 
 @pytest.fixture(scope="module")
