@@ -1,14 +1,10 @@
-"""The router as a service (`python -m router serve`): a plain ASGI app on uvicorn.
+"""The router as a service: a plain ASGI app, on uvicorn behind the door (router_service/_door.py).
 
 It serves the `ask` function's endpoints on DigitalOcean's URL shape
 (`/api/v1/web/<namespace>/chat/ask/...`) and the chat page at `/`, with the same library the
 function runs (one engine), awaited on uvicorn's loop. Unlike the function, `stream: true`
 streams for real (router/_streaming.py). Each request gets the deadline the function would: the
 configured one, within project.yml's `limits.timeout`.
-
-uvicorn brings the rest: uvloop and httptools where installed, a keep-alive timeout, a
-connection limit, graceful SIGTERM (streams in flight get `grace_s` to finish); an idle or slow
-client costs a socket, never a thread.
 """
 
 from __future__ import annotations
@@ -21,19 +17,11 @@ from typing import Any
 from router._do_event import PLATFORM_BODY_LIMIT, WebFunction
 from router._http_types import HttpRequest, HttpResponse
 from router._stream_out import STREAMING
-from router_tools.serving import UvicornHost
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
-
-# uvicorn's knobs: idle keep-alive sockets close after this; past `limit_concurrency` open
-# connections new ones get a 503; SIGTERM lets streams in flight finish for `grace_s`.
-KEEP_ALIVE_S = 5
-CONNECTION_LIMIT = 2_000
-GRACE_S = 30.0
-
 
 def _error(status: int, code: str, message: str) -> HttpResponse:
     kind = "not_found_error" if status == 404 else "invalid_request_error"
@@ -154,22 +142,3 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
     finally:
         watcher.cancel()
         await stream.aclose()  # type: ignore[attr-defined]
-
-
-class Service(UvicornHost):
-    """The service on a socket bound up front: `serve_forever` (the CLI) or `start` (tests)."""
-
-    thread_name = "router-service"
-
-    def __init__(self, function: WebFunction, *, namespace: str = "local",
-                 timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
-        self.host = host
-        self._host(self.app, host=host, port=port, timeout_keep_alive=KEEP_ALIVE_S,
-                   limit_concurrency=CONNECTION_LIMIT, timeout_graceful_shutdown=int(GRACE_S),
-                   backlog=2048)
-
-    @property
-    def function_url(self) -> str:
-        """The function URL, in DigitalOcean's shape."""
-        return f"http://{self.host}:{self.port}{self.app.prefix}"

@@ -1,4 +1,4 @@
-"""The service's server behaviour: a client that hangs up, a graceful SIGTERM, the chat page."""
+"""The service's app (router_service/_app.py): hang-ups, a graceful SIGTERM, the chat page."""
 
 from __future__ import annotations
 
