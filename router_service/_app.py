@@ -5,18 +5,29 @@ It serves the `ask` function's endpoints on DigitalOcean's URL shape
 function runs (one engine), awaited on uvicorn's loop. Unlike the function, `stream: true`
 streams for real (router/_streaming.py). Each request gets the deadline the function would: the
 configured one, within project.yml's `limits.timeout`.
+
+The headers come first: the route, CORS, the credential and the quota are checked
+(`ChatRouter.admit`) before a byte of the body is read, and a refused request is answered and
+its connection closed with its body unread. The body is capped at `MAX_BODY_BYTES`, as in the
+function: a larger `Content-Length` is refused at once, a chunked body while it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from router._do_event import PLATFORM_BODY_LIMIT, WebFunction
+from router._do_event import WebFunction
+from router._errors import PayloadTooLarge
 from router._http_types import HttpRequest, HttpResponse
+from router._status import error_response
 from router._stream_out import STREAMING
+
+if TYPE_CHECKING:
+    from router._app import ChatRouter
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -26,6 +37,10 @@ Message = dict[str, Any]
 def _error(status: int, code: str, message: str) -> HttpResponse:
     kind = "not_found_error" if status == 404 else "invalid_request_error"
     return HttpResponse.json(status, {"error": {"type": kind, "code": code, "message": message}})
+
+
+class _Disconnected(Exception):
+    """The client hung up before its body was complete: nothing to answer."""
 
 
 class RouterService:
@@ -67,22 +82,45 @@ class RouterService:
         if match is None:
             await _send(send, self._static(scope["path"]))
             return
-        body = await _read_body(headers, receive)
-        if body is None:
-            await _send(send, _error(413, "payload_too_large", "request over 1 MB"), close=True)
-            return
+        router = self.function.router()
+        limit = router.settings.max_body_bytes
         if headers.get("origin") == f"http://{headers.get('host', '')}":
             # The chat page this service serves calls from its own origin: a same-origin
             # request, which CORS does not govern (browsers send Origin on POST anyway).
             del headers["origin"]
-        request = HttpRequest(scope["method"], match.group("rest") or "/", headers, body,
-                              scope.get("query_string", b"").decode("latin-1"))
+        client = scope.get("client")
+        head = HttpRequest(scope["method"], match.group("rest") or "/", headers, b"",
+                           scope.get("query_string", b"").decode("latin-1"),
+                           peer=str(client[0]) if client else "")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _send(send, self._too_large(router, head, limit), close=True)
+            return
+        verdict = await router.admit(head)
+        if isinstance(verdict, HttpResponse):
+            # Refused on its headers: its body is never read, and the connection closes.
+            await _send(send, verdict, close=True)
+            return
+        try:
+            body = await _read_body(receive, limit)
+        except _Disconnected:
+            return
+        if body is None:
+            await _send(send, self._too_large(router, head, limit), close=True)
+            return
         token = STREAMING.set(True)
         try:
-            response = await self.function.router().handle_async(request, self.timeout_ms)
+            response = await router.handle_async(replace(verdict, body=body), self.timeout_ms)
         finally:
             STREAMING.reset(token)
         await _send(send, response, receive=receive)
+
+    @staticmethod
+    def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
+        response = error_response(PayloadTooLarge(f"the body is larger than {limit} bytes"))
+        # A browser must be able to read why it was refused.
+        response.headers.update(router.cors.headers_for(head.header("origin")))
+        return response
 
     def _static(self, path: str) -> HttpResponse:
         if path in ("/", "/index.html") and (STATIC / "index.html").is_file():
@@ -91,18 +129,15 @@ class RouterService:
         return _error(404, "not_found", f"the function lives at {self.prefix}")
 
 
-async def _read_body(headers: dict[str, str], receive: Any) -> bytes | None:
-    """The request body, or None past the platform's 1 MB (checked while reading)."""
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > PLATFORM_BODY_LIMIT:
-        return None
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body, or None past `limit` bytes (checked while reading)."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return bytes(body)
+            raise _Disconnected  # a part of a body is never answered as if it were whole
         body += message.get("body", b"")
-        if len(body) > PLATFORM_BODY_LIMIT:
+        if len(body) > limit:
             return None
         if not message.get("more_body"):
             return bytes(body)
