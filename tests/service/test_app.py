@@ -123,3 +123,30 @@ def test_a_chunked_body_over_1_mb_is_refused_while_reading(make_main, env: dict[
         assert worker.generation_requests() == 0
     finally:
         service.stop()
+
+
+def test_the_public_names_are_pinned():
+    """GIVEN the service package WHEN its public names are listed THEN they are exactly these,
+    sorted: a name added or dropped is a decision, not a drift."""
+    import router_service
+
+    assert router_service.__all__ == ["Door", "RouterService", "Service", "ServiceLimits",
+                                      "UvicornHost"]
+    assert router_service.__all__ == sorted(router_service.__all__)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MAX_CONNECTIONS_PER_ADDRESS", "lots"),
+    ("MAX_CONNECTIONS_PER_ADDRESS", "5000"),  # more than MAX_CONNECTIONS
+    ("HEADER_TIMEOUT_MS", "0"),
+])
+def test_a_bad_door_setting_stops_the_service_naming_it(tmp_path: Path, variable: str,
+                                                        value: str):
+    """GIVEN a bad door setting WHEN `python -m router_service` starts (as router/Dockerfile
+    runs it) THEN it exits 2 before listening, naming the variable but never its value."""
+    env = {**os.environ, "WORKER_URL": "http://127.0.0.1:9", variable: value}
+    done = subprocess.run([sys.executable, "-m", "router_service", "--port", "0",
+                           "--env-file", ""], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert variable in done.stderr and f"={value}" not in done.stderr
