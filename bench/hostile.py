@@ -15,7 +15,7 @@ It prints the honest client's success rate and p99 beside its quiet p99, the ser
 RSS (VmHWM), and how long the attackers' sockets stayed open (from connect until the service
 closed them), beside the configured limits.
 
-    .venv/bin/python -m bench.hostile [--server door|uvicorn] [--quiet-s 20]
+    .venv/bin/python -m bench.hostile [--server door|uvicorn|hypercorn|granian] [--quiet-s 20]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -48,6 +47,8 @@ CHAT = {"model": "small", "stream": False, "max_tokens": 8,
 # The attackers' source addresses (all of 127/8 is loopback on Linux); the honest client
 # uses 127.0.0.1.
 ATTACKER = "127.0.0.2"
+# Granian and Hypercorn, for bench/servers.py: a venv of their own that sees the project's.
+SERVERS_VENV = ROOT / ".venv-servers"
 # How long an attacker holds a socket the server never closes (plain uvicorn's case).
 HOLD_S = 20.0
 
@@ -62,39 +63,69 @@ def _raise_fd_limit(wanted: int = 16_384) -> int:
 
 
 def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The peak RSS (VmHWM) of a process plus its children's: Granian serves from a worker
+    process, so the parent's alone would miss the app."""
+    pids = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and _parent(p) == pid]
+    total = 0.0
+    for each in pids:
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))
+    return total / 1024
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _command(server: str, port: int) -> list[str]:
+    """How each server under comparison serves the same app (bench/servers.py)."""
+    if server == "door":
+        return [sys.executable, "-m", "router_service", "--port", str(port), "--namespace",
+                "bench", "--env-file", ""]
+    if server == "uvicorn":
+        return [sys.executable, "-m", "bench.hostile", "--plain-uvicorn", str(port)]
+    python = str(SERVERS_VENV / "bin" / "python")
+    if server == "hypercorn":
+        # --read-timeout: no byte for this long closes the connection (its only such limit).
+        return [python, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--read-timeout",
+                "5", "--keep-alive", "5", "--backlog", "2048", "--worker-class", "uvloop",
+                "--log-level", "warning", "bench.servers:app"]
+    if server == "granian":
+        return [python, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(port), "--http", "1", "--loop", "uvloop", "--no-ws",
+                "--http1-header-read-timeout", "5000", "--backlog", "2048",
+                "--log-level", "warning", "bench.servers:app"]
+    raise ValueError(server)
 
 
 @contextmanager
-def _processes(server: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(the function URL, the service's process), ready."""
+def processes(server: str, *, keys: bool = True
+              ) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """(the backend's URL, the function URL, the service's process), ready; `keys`: the
+    service requires API_KEY."""
     bport, sport = free_port(), free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        env_file = Path(tmp) / "bench.env"
-        env_file.write_text(f"WORKER_URL=http://127.0.0.1:{bport}\nLOG_LEVEL=WARNING\n"
-                            f"API_KEYS={API_KEY}\n")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve",
-                                       str(bport)], cwd=ROOT, env=env))
-        command = [sys.executable, "-m", "router_service", "--port", str(sport),
-                   "--namespace", "bench", "--env-file", str(env_file)]
-        if server == "uvicorn":
-            command = [sys.executable, "-m", "bench.hostile", "--plain-uvicorn", str(sport),
-                       "--env-file", str(env_file)]
-        service = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        procs.append(service)
-        function = f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask"
-        try:
-            _wait(function + "/health")
-            yield function, service
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(30)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_URL": f"http://127.0.0.1:{bport}",
+           "LOG_LEVEL": "WARNING", "API_KEYS": API_KEY if keys else ""}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve", str(bport)],
+                              cwd=ROOT, env=env)]
+    service = subprocess.Popen(_command(server, sport), cwd=ROOT, env=env,
+                               stderr=subprocess.DEVNULL)
+    procs.append(service)
+    function = f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask"
+    try:
+        _wait(function + "/health")
+        yield f"http://127.0.0.1:{bport}", function, service
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
 
 
 def _wait(url: str) -> None:
@@ -228,7 +259,7 @@ def _summary(held: list[float]) -> dict[str, float]:
 def hostile(server: str = "door", quiet_s: float = 20.0) -> dict[str, Any]:
     """Every figure of the hostile bench."""
     fds = _raise_fd_limit()
-    with _processes(server) as (function, service):
+    with processes(server) as (_, function, service):
         port = int(function.split(":")[2].split("/")[0])
         with Honest.elsewhere(function) as quiet_fig:
             time.sleep(quiet_s)  # the quiet phase's length, not a synchronisation
@@ -294,17 +325,12 @@ def _ok(met: bool) -> str:
     return "**met**" if met else "**missed**"
 
 
-def _plain_uvicorn(port: int, env_file: str) -> None:
+def _plain_uvicorn(port: int) -> None:
     """The same app on plain uvicorn, as before the door (the baseline)."""
     import uvicorn
 
-    from router._do_event import WebFunction
-    from router_service import RouterService
-    from router_service._cli import function_limits, load_environment
+    from bench.servers import app
 
-    os.environ.update(load_environment(env_file))
-    app = RouterService(WebFunction(), namespace="bench",
-                        timeout_ms=function_limits()["timeout"])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
                 http="httptools", lifespan="on", backlog=2048, timeout_keep_alive=5,
                 limit_concurrency=2_000)
@@ -314,14 +340,14 @@ def main() -> None:
     """Run the bench (or serve the plain-uvicorn baseline) and print its rows."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=["door", "uvicorn"], default="door")
+    parser.add_argument("--server", choices=["door", "uvicorn", "hypercorn", "granian"],
+                        default="door")
     parser.add_argument("--quiet-s", type=float, default=20.0)
     parser.add_argument("--plain-uvicorn", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--honest", help=argparse.SUPPRESS)
-    parser.add_argument("--env-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_uvicorn:
-        _plain_uvicorn(args.plain_uvicorn, args.env_file)
+        _plain_uvicorn(args.plain_uvicorn)
         return
     if args.honest:
         honest = Honest(args.honest).start()
