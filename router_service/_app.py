@@ -15,6 +15,7 @@ function: a larger `Content-Length` is refused at once, a chunked body while it 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from router._app import ChatRouter
 
 STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("router.request")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -117,6 +119,8 @@ class RouterService:
 
     @staticmethod
     def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
+        # Refused before the router saw it: logged here, as the function's edge logs its own.
+        log.warning("request refused at the edge", extra={"fields": {"code": "payload_too_large"}})
         response = error_response(PayloadTooLarge(f"the body is larger than {limit} bytes"))
         # A browser must be able to read why it was refused.
         response.headers.update(router.cors.headers_for(head.header("origin")))
