@@ -17,7 +17,8 @@ class Service(UvicornHost):
 
     uvicorn brings uvloop, httptools, graceful SIGTERM and the total connection cap (past it a
     request gets 503); the door adds the header and body timers and the per-address share
-    (`limits`, from the environment: see README, "The service")."""
+    (`limits`, from the environment: see README, "The service's door"). It needs httptools
+    (requirements/gateway.txt): the door is a subclass of uvicorn's httptools protocol."""
 
     thread_name = "router-service"
 
