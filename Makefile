@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: venv test lint run demo bench reliability clean system-packages deployer
+.PHONY: venv test lint run demo bench bench-servers reliability clean system-packages deployer
 
 venv: $(STAMP)
 
@@ -71,6 +71,11 @@ demo: $(STAMP)
 # .venv-litellm and .venv-portkey. BENCH_ARGS=--quick for a smoke run (about 2 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The service's door: the ASGI servers side by side under hostile clients (bench/servers.py;
+# Granian and Hypercorn install themselves on first use into .venv-servers). A few minutes.
+bench-servers: $(STAMP)
+	$(BIN)/python -m bench.servers
 
 # The reliability suite at full size (2,000-case fuzzes, 200 concurrent clients); rewrites the
 # README's reliability section and bench/reliability.md from what it measured.

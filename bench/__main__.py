@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import access as access_
 from bench import cold as cold_
+from bench import hostile as hostile_
 from bench import streaming as streaming_
 from bench import warm as warm_
 from bench.ai_space import throughput
@@ -162,6 +163,8 @@ def main() -> None:
     quota = access_.access(args.runs, args.requests)
     log.info("service streams: %d per path at concurrency 1, then a crowd", args.streams)
     streams = streaming_.streaming(args.streams)
+    log.info("the service's door: hostile clients and one honest one (about 50 s)")
+    door = hostile_.hostile()
     log.info("auto decision")
     decide = decision_us()
     log.info("sleeping Space: %.0f s", args.sleep_s)
@@ -187,6 +190,7 @@ def main() -> None:
         *_warm_rows(warm_figs, warm_skip, args.requests),
         *access_.rows(quota, args.runs, args.requests),
         *streaming_.rows(streams),
+        *hostile_.rows(door, hostile_.default_limits()),
         *_sleep_rows(asleep),
         f"| `auto` routing decision | p50 / p99 of 20,000 decisions | "
         f"{decide['p50_us']:.1f} / {decide['p99_us']:.1f} µs | | well under 1 ms: "

@@ -189,7 +189,10 @@ async def _crowd(function: str) -> dict[str, float]:
         results = await asyncio.gather(*(one() for _ in range(CONCURRENT_STREAMS)),
                                        return_exceptions=True)
         wall = time.perf_counter() - started
-    alive = sum(1 for _, writer in idle if not writer.is_closing())
+    # A connection the service closed reads to EOF on our side (the writer stays half-open):
+    # the service's door closes one that sent no request within HEADER_TIMEOUT_MS.
+    closed = await asyncio.gather(*(_closed(reader) for reader, _ in idle))
+    alive = closed.count(False)
     for _, writer in idle:
         writer.close()
     done = [r for r in results if isinstance(r, tuple) and r[1] == STREAM_TOKENS + 1]
@@ -197,6 +200,18 @@ async def _crowd(function: str) -> dict[str, float]:
     return {"complete": len(done), "ttft_p50": pct(firsts, 50) if firsts else -1,
             "ttft_p99": pct(firsts, 99) if firsts else -1, "wall_s": wall,
             "idle_open": alive}
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(0.05):
+            while await reader.read(65_536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
 
 
 def _rate(url: str, body: dict[str, Any], seconds: float, concurrency: int) -> dict[str, float]:

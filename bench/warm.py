@@ -25,8 +25,8 @@ from bench.alternatives import (
 )
 from bench.common import pct
 from router._do_event import FunctionContext
+from router_service import Service
 from router_tools.gateway import load_entry
-from router_tools.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer
 
@@ -36,7 +36,7 @@ BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_
 WARMUP = 50
 DIRECT = "direct httpx (baseline)"
 IN_PROCESS = "handler in-process"
-GATEWAY = "service (router_tools.service on uvicorn)"
+GATEWAY = "service (router_service on uvicorn)"
 PORTKEY = "Portkey gateway (Node, @portkey-ai/gateway)"
 LITELLM = "LiteLLM Router.completion (2 deployments)"
 

@@ -36,8 +36,9 @@ sed -i.bak -E "s#\.\./lib/python3\.[0-9]+/site-packages#../lib/python3.11/site-p
   --only-binary=:all: --upgrade \
   -r "$root/requirements/router.txt" "$@"
 
-# The runtime library, whole: the tools live in router_tools/ and never ship. The one declared
-# exception is router/__main__.py, which hands `python -m router` to the tools.
+# The runtime library, whole: the service (router_service/) and the tools (router_tools/) never
+# ship in a function. The one declared exception is router/__main__.py, which hands
+# `python -m router` to the tools.
 mkdir router
 cp "$root"/router/*.py router/
 rm -f router/__main__.py

@@ -85,7 +85,6 @@ class ChatRouter:
         """Answer one request; never raises, never answers after the deadline."""
         request_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
-        origin = request.header("origin")
         try:
             deadline = Deadline.for_request(
                 self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
@@ -93,37 +92,66 @@ class ChatRouter:
                 platform_remaining_ms=platform_remaining_ms,
                 requested_ms=_int_header(request, DEADLINE_HEADER))
             response = await self._dispatch(request, deadline)
-        except RouterError as exc:
-            response = error_response(exc)
         except Exception as exc:
-            # The last line of defence: a bug must still give the caller our JSON, not the
-            # platform's bare 502. Only the type is logged: messages may carry URLs.
-            log.error("unhandled error", extra={"fields": {"request_id": request_id,
-                                                           "exc_type": type(exc).__name__}})
-            response = error_response(InternalError("the router failed; see its logs",
-                                                    code="internal_error"))
+            response = self._refusal(exc, request_id)
+        return self._finish(request, response, request_id, started)
+
+    async def admit(self, request: HttpRequest) -> HttpRequest | HttpResponse:
+        """The service's check of a request's headers, before a byte of its body is read: the
+        route, CORS, the credential and the quota. Returns the request with its subject set
+        (then `handle_async` it with its body), or the finished refusal."""
+        if request.method == "OPTIONS" or request.header(WARMUP_HEADER):
+            return request  # answered from the headers alone; the body is never used
+        request_id = uuid.uuid4().hex[:16]
+        started = time.monotonic()
+        try:
+            if self._handler(request) != self.health:
+                return self._authorize(request)
+            return request
+        except Exception as exc:
+            return self._finish(request, self._refusal(exc, request_id), request_id, started)
+
+    def _refusal(self, exc: Exception, request_id: str) -> HttpResponse:
+        if isinstance(exc, RouterError):
+            return error_response(exc)
+        # The last line of defence: a bug must still give the caller our JSON, not the
+        # platform's bare 502. Only the type is logged: messages may carry URLs.
+        log.error("unhandled error", extra={"fields": {"request_id": request_id,
+                                                       "exc_type": type(exc).__name__}})
+        return error_response(InternalError("the router failed; see its logs",
+                                            code="internal_error"))
+
+    def _finish(self, request: HttpRequest, response: HttpResponse, request_id: str,
+                started: float) -> HttpResponse:
         response.headers["x-request-id"] = request_id
-        response.headers.update(self.cors.headers_for(origin))
+        response.headers.update(self.cors.headers_for(request.header("origin")))
         self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
         return response
 
     async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
-        path = request.path.rstrip("/") or "/"
         if request.method == "OPTIONS":
             return self.cors.preflight(request.header("origin"),
                                        request.header("access-control-request-method"))
         if request.header(WARMUP_HEADER):
             # The warmup function's ping: keep this container warm, touch no backend.
             return HttpResponse.json(200, {"warm": True})
+        handler = self._handler(request)
+        if handler != self.health and not request.subject:
+            # (A request the service admitted already carries its subject: it was checked,
+            # and its quota taken, before its body was read.)
+            request = self._authorize(request)
+        return await handler(request, deadline)
+
+    def _handler(self, request: HttpRequest) -> Handler:
+        # CORS, then the route (404, 405): all from the headers.
         self.cors.check(request.header("origin"))
+        path = request.path.rstrip("/") or "/"
         handler = self.routes.get((request.method, path))
         if handler is None:
             if any(route_path == path for _, route_path in self.routes):
                 raise MethodNotAllowed(f"method {request.method[:16]} is not allowed here")
             raise NotFound("no such endpoint; see the README for the paths")
-        if path != "/health":
-            request = self._authorize(request)
-        return await handler(request, deadline)
+        return handler
 
     def _authorize(self, request: HttpRequest) -> HttpRequest:
         # A key or token when configured (an Origin header proves nothing), then the quota.

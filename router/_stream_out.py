@@ -1,6 +1,6 @@
 """The service's side of a true stream: chunks out as SSE, the `x_chat` facts last.
 
-`STREAMING` is set by the service (router_tools/service.py) for the request it serves: only then
+`STREAMING` is set by the service (router_service) for the request it serves: only then
 does `stream: true` stream for real. The function leaves it unset and answers a buffered stream.
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -15,36 +14,13 @@ from typing import Any, TextIO
 from router._config import Settings
 from router._errors import RouterError
 from router._schema import ChatRequest, validate
+from router_service._cli import add_serve_arguments
+from router_service._cli import load_environment as load_environment  # re-exported
+from router_service._cli import read_env_file as read_env_file  # re-exported for the tools
 from router_tools.space_ops import add_space_commands
 from router_tools.token_cli import add_token_command
 
 log = logging.getLogger("router.cli")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a `.env` file (KEY=VALUE lines, # comments, optional quotes)."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{path.name}:{number}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
-def load_environment(env_file: str | None) -> dict[str, str]:
-    """The process environment over the `.env` file's values (the shell wins, as with doctl)."""
-    env: dict[str, str] = {}
-    if env_file and Path(env_file).is_file():
-        env.update(read_env_file(Path(env_file)))
-    env.update(os.environ)
-    return env
 
 
 def replay(lines: TextIO, settings: Settings) -> dict[str, Any]:
@@ -105,24 +81,9 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from router._do_event import WebFunction
-    from router_tools.gateway import ensure_import_path, function_limits
-    from router_tools.service import Service
+    from router_service._cli import serve
 
-    # The router reads its settings from the environment, as the function does on DigitalOcean.
-    for key, value in load_environment(args.env_file).items():
-        os.environ.setdefault(key, value)
-    ensure_import_path()
-    timeout_ms = args.timeout_ms or function_limits(Path(args.project))["timeout"]
-    try:
-        service = Service(WebFunction(), namespace=args.namespace, timeout_ms=timeout_ms,
-                          host=args.host, port=args.port)
-    except OSError as exc:
-        sys.stderr.write(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
-        return 2
-    sys.stderr.write(f"chat/ask at {service.function_url} (timeout {timeout_ms} ms)\n")
-    service.serve_forever()  # SIGINT / SIGTERM: streams in flight finish, then it exits
-    return 0 if service.server.started else 3  # 3: a bad setting stopped the startup
+    return serve(args)
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -145,14 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve chat/ask on DigitalOcean's URL shape")
-    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.add_argument("--namespace", default=os.environ.get("NAMESPACE", "local"))
-    serve.add_argument("--project", default="project.yml")
-    serve.add_argument("--timeout-ms", type=int, default=0,
-                       help="override project.yml's limits.timeout")
-    serve.add_argument("--env-file", default=".env")
+    serve = sub.add_parser("serve", help="serve chat/ask on DigitalOcean's URL shape "
+                                         "(the service: python -m router_service)")
+    add_serve_arguments(serve)
     serve.set_defaults(func=_cmd_serve)
 
     policy = sub.add_parser("policy", help="replay a JSONL file of prompts through `auto`")

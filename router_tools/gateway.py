@@ -1,7 +1,8 @@
 """Helpers shared by the local tools: the function entry, project.yml's limits, DO events.
 
-The service itself (`python -m router serve`) is router_tools/service.py, on uvicorn; what is left
-here is the entry loader, project.yml's limits and the `web: raw` event builder.
+The service itself (`python -m router serve`) is the `router_service` package, on uvicorn; what is
+left here is the entry loader and the `web: raw` event builder (project.yml's limits are read by
+`router_service`, whose reader is re-exported here).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router_service._cli import function_limits
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "packages" / "chat" / "ask" / "__main__.py"
 PROJECT = ROOT / "project.yml"
-STATIC = Path(__file__).resolve().parent / "static"
+__all__ = ["ENTRY", "PROJECT", "ROOT", "build_event", "ensure_import_path", "function_limits",
+           "load_entry"]
 
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
 _TEXT_TYPES = ("json", "text", "xml", "x-www-form-urlencoded", "javascript")
@@ -31,21 +35,6 @@ def load_entry(path: Path = ENTRY) -> Main:
     spec.loader.exec_module(module)
     main: Main = module.main
     return main
-
-
-def function_limits(project: Path = PROJECT, package: str = "chat", function: str = "ask"
-                    ) -> dict[str, int]:
-    """The function's `limits` (timeout in ms, memory in MB) as project.yml declares them."""
-    import yaml  # only the gateway needs it, never the function
-
-    data = yaml.safe_load(project.read_text())
-    for pkg in data.get("packages", []):
-        if pkg.get("name") != package:
-            continue
-        for fn in pkg.get("functions", []):
-            if fn.get("name") == function:
-                return {k: int(v) for k, v in (fn.get("limits") or {}).items()}
-    raise LookupError(f"{package}/{function} is not in {project}")
 
 
 def build_event(method: str, rest: str, headers: dict[str, str], body: bytes,

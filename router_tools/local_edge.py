@@ -8,7 +8,7 @@ with an HTML page, and the Hub endpoints the router and `huggingface_hub` call (
 `start_s` has passed and the app's /health answers 200. `POST /_local/sleep` puts the Space to
 sleep at once; it is local-only (the Hub has no such call; a real Space sleeps when idle).
 
-A plain ASGI app on uvicorn, like router_tools/service.py; httpx calls the app, and the app's
+A plain ASGI app on uvicorn, like the service (router_service); httpx calls the app, and the app's
 answers (streams included) are relayed chunk by chunk. No torch, no fastapi.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
+from router_service import UvicornHost
 from router_tools.edge_state import PAUSED, RUNNING, SLEEPING, STARTING, SpaceState
-from router_tools.serving import UvicornHost
 
 __all__ = ["PAUSED", "RUNNING", "SLEEPING", "STARTING", "EdgeConfig", "LocalEdge", "SpaceState",
            "config_from_env", "json_reply", "main"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from router_tools.service import Service
+from router_service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
 from tests.support.service import serve_main

@@ -6,17 +6,19 @@ import re
 from pathlib import Path
 
 from router._config import Settings
+from router_service import ServiceLimits
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_setting_is_in_the_readme_table():
     """GIVEN the Settings model WHEN the README's configuration table is read
-    THEN every field's variable has a row, and no row names a variable that does not exist."""
+    THEN every field's variable (the router's, and the service's door limits) has a row, and no
+    row names a variable that does not exist."""
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.MULTILINE))
-    fields = {name.upper() for name in Settings.model_fields}
+    fields = {name.upper() for name in (*Settings.model_fields, *ServiceLimits.model_fields)}
     assert fields - documented == set()
     assert documented - fields == set()
 

@@ -17,7 +17,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def _copy_project(dest: Path) -> Path:
-    for package in ("router", "router_tools", "ai_space"):
+    for package in ("router", "router_service", "router_tools", "ai_space"):
         shutil.copytree(ROOT / package, dest / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.md", "Dockerfile*"))
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from router_tools.service import Service
+from router_service import Service
 from tests.conftest import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.fakes.stream_backend import StreamBackend
 from tests.support.loopback import LoopbackServer

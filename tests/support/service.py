@@ -1,10 +1,10 @@
-"""The router service (router_tools/service.py) in front of a test's `main`: one shared function."""
+"""The router service (router_service) in front of a test's `main`: one shared function."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from router_tools.service import Service
+from router_service import Service
 
 
 def serve_main(main: Any, **kwargs: Any) -> Service:

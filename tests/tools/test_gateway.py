@@ -10,8 +10,8 @@ import openai
 import pytest
 import yaml
 
+from router_service import Service
 from router_tools.gateway import build_event, function_limits
-from router_tools.service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.service import serve_main
 

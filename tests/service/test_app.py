@@ -1,8 +1,9 @@
-"""The service's server behaviour: a client that hangs up, a graceful SIGTERM, the chat page."""
+"""The service's app (router_service/_app.py): hang-ups, a graceful SIGTERM, the chat page."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,3 +124,70 @@ def test_a_chunked_body_over_1_mb_is_refused_while_reading(make_main, env: dict[
         assert worker.generation_requests() == 0
     finally:
         service.stop()
+
+
+def test_the_public_names_are_pinned():
+    """GIVEN the service package WHEN its public names are listed THEN they are exactly these,
+    sorted: a name added or dropped is a decision, not a drift."""
+    import router_service
+
+    assert router_service.__all__ == ["Door", "RouterService", "Service", "ServiceLimits",
+                                      "UvicornHost"]
+    assert router_service.__all__ == sorted(router_service.__all__)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MAX_CONNECTIONS_PER_ADDRESS", "lots"),
+    ("MAX_CONNECTIONS_PER_ADDRESS", "5000"),  # more than MAX_CONNECTIONS
+    ("HEADER_TIMEOUT_MS", "0"),
+])
+def test_a_bad_door_setting_stops_the_service_naming_it(tmp_path: Path, variable: str,
+                                                        value: str):
+    """GIVEN a bad door setting WHEN `python -m router_service` starts (as router/Dockerfile
+    runs it) THEN it exits 2 before listening, naming the variable but never its value."""
+    env = {**os.environ, "WORKER_URL": "http://127.0.0.1:9", variable: value}
+    done = subprocess.run([sys.executable, "-m", "router_service", "--port", "0",
+                           "--env-file", ""], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert variable in done.stderr and f"={value}" not in done.stderr
+
+
+def test_the_images_files_alone_serve(tmp_path: Path, worker):
+    """GIVEN only what router/Dockerfile copies (router/, router_service/, project.yml), no
+    router_tools WHEN `python -m router_service` runs there, as the image's CMD does THEN it
+    serves /health and a chat request, and stops on SIGTERM."""
+    for part in ("router", "router_service"):
+        shutil.copytree(ROOT / part, tmp_path / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "Dockerfile*"))
+    shutil.copy(ROOT / "project.yml", tmp_path / "project.yml")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN, "LOG_LEVEL": "WARNING"})
+    proc = subprocess.Popen([sys.executable, "-m", "router_service", "--port", str(port),
+                             "--namespace", "app", "--env-file", ""], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/api/v1/web/app/chat/ask"
+    try:
+        with httpx.Client(timeout=10) as client:
+            end = time.monotonic() + 30
+            health = None
+            while time.monotonic() < end and proc.poll() is None:
+                try:
+                    health = client.get(url + "/health")
+                    break
+                except httpx.HTTPError:
+                    worker.released.wait(0.1)
+            assert health is not None and health.status_code == 200
+            chat = client.post(url + "/v1/chat/completions", json={**BODY, "stream": False})
+        assert chat.status_code == 200 and chat.headers["x-chat-backend"] == "worker"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert "router_tools" not in stderr

@@ -11,7 +11,8 @@ from typing import Any, Self
 class UvicornHost:
     """Binds `host:port` at once (a busy port fails at construction, and port 0 is known), then
     serves an ASGI app with uvicorn: `serve_forever` (the CLIs) or `start`/`stop` (tests, the
-    local stack). uvloop and httptools are used where they are installed."""
+    local stack). uvloop and httptools are used where they are installed, unless `options`
+    name a loop or protocol."""
 
     thread_name = "uvicorn"
 
@@ -28,9 +29,10 @@ class UvicornHost:
             self.sock.close()
             raise
         fast = importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
+        options.setdefault("loop", "uvloop" if fast else "asyncio")
+        options.setdefault("http", "httptools" if fast else "h11")
         self.server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=0, lifespan="on", log_level="warning",
-            loop="uvloop" if fast else "asyncio", http="httptools" if fast else "h11",
             access_log=False, server_header=False, date_header=False, **options))
         self._thread: threading.Thread | None = None
 

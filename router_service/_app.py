@@ -1,4 +1,4 @@
-"""The router as a service (`python -m router serve`): a plain ASGI app on uvicorn.
+"""The router as a service: a plain ASGI app, on uvicorn behind the door (router_service/_door.py).
 
 It serves the `ask` function's endpoints on DigitalOcean's URL shape
 (`/api/v1/web/<namespace>/chat/ask/...`) and the chat page at `/`, with the same library the
@@ -6,38 +6,43 @@ function runs (one engine), awaited on uvicorn's loop. Unlike the function, `str
 streams for real (router/_streaming.py). Each request gets the deadline the function would: the
 configured one, within project.yml's `limits.timeout`.
 
-uvicorn brings the rest: uvloop and httptools where installed, a keep-alive timeout, a
-connection limit, graceful SIGTERM (streams in flight get `grace_s` to finish); an idle or slow
-client costs a socket, never a thread.
+The headers come first: the route, CORS, the credential and the quota are checked
+(`ChatRouter.admit`) before a byte of the body is read, and a refused request is answered and
+its connection closed with its body unread. The body is capped at `MAX_BODY_BYTES`, as in the
+function: a larger `Content-Length` is refused at once, a chunked body while it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from router._do_event import PLATFORM_BODY_LIMIT, WebFunction
+from router._do_event import WebFunction
+from router._errors import PayloadTooLarge
 from router._http_types import HttpRequest, HttpResponse
+from router._status import error_response
 from router._stream_out import STREAMING
-from router_tools.serving import UvicornHost
+
+if TYPE_CHECKING:
+    from router._app import ChatRouter
 
 STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("router.request")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
-# uvicorn's knobs: idle keep-alive sockets close after this; past `limit_concurrency` open
-# connections new ones get a 503; SIGTERM lets streams in flight finish for `grace_s`.
-KEEP_ALIVE_S = 5
-CONNECTION_LIMIT = 2_000
-GRACE_S = 30.0
-
-
 def _error(status: int, code: str, message: str) -> HttpResponse:
     kind = "not_found_error" if status == 404 else "invalid_request_error"
     return HttpResponse.json(status, {"error": {"type": kind, "code": code, "message": message}})
+
+
+class _Disconnected(Exception):
+    """The client hung up before its body was complete: nothing to answer."""
 
 
 class RouterService:
@@ -79,22 +84,47 @@ class RouterService:
         if match is None:
             await _send(send, self._static(scope["path"]))
             return
-        body = await _read_body(headers, receive)
-        if body is None:
-            await _send(send, _error(413, "payload_too_large", "request over 1 MB"), close=True)
-            return
+        router = self.function.router()
+        limit = router.settings.max_body_bytes
         if headers.get("origin") == f"http://{headers.get('host', '')}":
             # The chat page this service serves calls from its own origin: a same-origin
             # request, which CORS does not govern (browsers send Origin on POST anyway).
             del headers["origin"]
-        request = HttpRequest(scope["method"], match.group("rest") or "/", headers, body,
-                              scope.get("query_string", b"").decode("latin-1"))
+        client = scope.get("client")
+        head = HttpRequest(scope["method"], match.group("rest") or "/", headers, b"",
+                           scope.get("query_string", b"").decode("latin-1"),
+                           peer=str(client[0]) if client else "")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _send(send, self._too_large(router, head, limit), close=True)
+            return
+        verdict = await router.admit(head)
+        if isinstance(verdict, HttpResponse):
+            # Refused on its headers: its body is never read, and the connection closes.
+            await _send(send, verdict, close=True)
+            return
+        try:
+            body = await _read_body(receive, limit)
+        except _Disconnected:
+            return
+        if body is None:
+            await _send(send, self._too_large(router, head, limit), close=True)
+            return
         token = STREAMING.set(True)
         try:
-            response = await self.function.router().handle_async(request, self.timeout_ms)
+            response = await router.handle_async(replace(verdict, body=body), self.timeout_ms)
         finally:
             STREAMING.reset(token)
         await _send(send, response, receive=receive)
+
+    @staticmethod
+    def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
+        # Refused before the router saw it: logged here, as the function's edge logs its own.
+        log.warning("request refused at the edge", extra={"fields": {"code": "payload_too_large"}})
+        response = error_response(PayloadTooLarge(f"the body is larger than {limit} bytes"))
+        # A browser must be able to read why it was refused.
+        response.headers.update(router.cors.headers_for(head.header("origin")))
+        return response
 
     def _static(self, path: str) -> HttpResponse:
         if path in ("/", "/index.html") and (STATIC / "index.html").is_file():
@@ -103,18 +133,15 @@ class RouterService:
         return _error(404, "not_found", f"the function lives at {self.prefix}")
 
 
-async def _read_body(headers: dict[str, str], receive: Any) -> bytes | None:
-    """The request body, or None past the platform's 1 MB (checked while reading)."""
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > PLATFORM_BODY_LIMIT:
-        return None
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body, or None past `limit` bytes (checked while reading)."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return bytes(body)
+            raise _Disconnected  # a part of a body is never answered as if it were whole
         body += message.get("body", b"")
-        if len(body) > PLATFORM_BODY_LIMIT:
+        if len(body) > limit:
             return None
         if not message.get("more_body"):
             return bytes(body)
@@ -154,22 +181,3 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
     finally:
         watcher.cancel()
         await stream.aclose()  # type: ignore[attr-defined]
-
-
-class Service(UvicornHost):
-    """The service on a socket bound up front: `serve_forever` (the CLI) or `start` (tests)."""
-
-    thread_name = "router-service"
-
-    def __init__(self, function: WebFunction, *, namespace: str = "local",
-                 timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
-        self.host = host
-        self._host(self.app, host=host, port=port, timeout_keep_alive=KEEP_ALIVE_S,
-                   limit_concurrency=CONNECTION_LIMIT, timeout_graceful_shutdown=int(GRACE_S),
-                   backlog=2048)
-
-    @property
-    def function_url(self) -> str:
-        """The function URL, in DigitalOcean's shape."""
-        return f"http://{self.host}:{self.port}{self.app.prefix}"
