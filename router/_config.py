@@ -265,3 +265,9 @@ class Settings(BaseModel):
             # Name the variables only: their values may be secrets.
             names = sorted({str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]})
             raise ConfigError(f"invalid or missing settings: {', '.join(names)}") from None
+    def private_hosts(self) -> tuple[str, ...]:
+        """The backends' and Redis' host names: kept out of answers even without a scheme."""
+        hosts = (urlsplit(url).hostname or "" for url in (self.worker_url, self.space_url,
+                                                            self.redis_url))
+        return tuple(host for host in hosts if len(host) >= 4)
+

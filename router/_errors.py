@@ -159,7 +159,8 @@ class BackendRateLimited(BackendError):
 
 class BackendRejected(BackendError):
     """The backend refused the request with a 4xx other than 429; `provider_code` and
-    `provider_message` are its own error's, already sanitised (router/_backends.py)."""
+    `provider_message` are its own error's: the code checked, the message still to be scrubbed
+    and cut (router/_classify.py `scrub_message`) before it reaches a caller."""
 
     reason = "error"
     provider_code: str | None = None

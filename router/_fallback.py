@@ -9,7 +9,7 @@ from typing import Any
 
 from router._backends import Backend, BackendConfig, BackendName
 from router._breaker import CircuitBreaker
-from router._classify import rejected_detail
+from router._classify import rejected_detail, scrub_message
 from router._config import Settings
 from router._deadline import Deadline
 from router._errors import (
@@ -87,11 +87,13 @@ def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
                      retry_after_s=max(1, round(retry_after or 5)), reasons=tuple(reasons))
 
 
-def rejected_error(exc: BackendRejected, secrets: Sequence[str]) -> BadRequest:
-    """The caller's 400: the provider's own code and message (sanitised), or a generic one."""
-    message = exc.provider_message or rejected_detail(exc)
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
+def rejected_error(exc: BackendRejected, settings: Settings) -> BadRequest:
+    """The caller's 400: the provider's own code and message (scrubbed of every secret and
+    backend host, then cut), or a generic one."""
+    message = rejected_detail(exc)
+    if exc.provider_message:
+        message = scrub_message(exc.provider_message,
+                                (*settings.secrets(), *settings.private_hosts()))
     return BadRequest(message, code=exc.provider_code or "rejected_by_backend")
 
 
@@ -140,7 +142,7 @@ class FallbackEngine:
                     if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
                         reasons.append(CONTEXT_TOO_LONG)  # the other may have a larger window
                         continue
-                    raise rejected_error(exc, self.settings.secrets()) from None
+                    raise rejected_error(exc, self.settings) from None
                 reasons.append(exc.reason)
                 too_large = isinstance(exc, ResponseTooLarge)
                 if exc.retry_after_s is not None:

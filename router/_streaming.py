@@ -93,7 +93,7 @@ class StreamRun:
                     if exc.provider_code == CONTEXT_TOO_LONG and index < len(self.order) - 1:
                         reasons.append(CONTEXT_TOO_LONG)
                         continue
-                    raise rejected_error(exc, self.engine.settings.secrets()) from None
+                    raise rejected_error(exc, self.engine.settings) from None
                 reasons.append(exc.reason)
                 if exc.retry_after_s is not None:
                     retry_after = max(retry_after, exc.retry_after_s)
