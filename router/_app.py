@@ -122,13 +122,13 @@ class ChatRouter:
                 raise MethodNotAllowed(f"method {request.method[:16]} is not allowed here")
             raise NotFound("no such endpoint; see the README for the paths")
         if path != "/health":
-            request = self._authorize(request)
+            request = await self._authorize(request)
         return await handler(request, deadline)
 
-    def _authorize(self, request: HttpRequest) -> HttpRequest:
+    async def _authorize(self, request: HttpRequest) -> HttpRequest:
         # A key or token when configured (an Origin header proves nothing), then the quota.
         subject = self.access.subject(request)
-        self.quotas.check(subject)
+        await self.quotas.check(subject)
         return replace(request, subject=subject)
 
     async def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
@@ -163,7 +163,7 @@ class ChatRouter:
         for backend in self.backends.values():
             await backend.aclose()
         self.engine.waker.close()
-        self.quotas.close()
+        await self.quotas.aclose()
 
     def close(self) -> None:
         """The function's shutdown: close the clients on the container's loop, then the loop."""

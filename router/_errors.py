@@ -186,6 +186,12 @@ class AnswerTooLarge(RouterError):
     code = "response_too_large"
 
 
+class OverBudget(BackendError):
+    """The caller used up its GPU budget (LLM_RATE_LIMIT_PER_MINUTE): the Space is skipped."""
+
+    reason = "quota"
+
+
 class CircuitOpen(BackendError):
     """The backend failed repeatedly and is skipped until its cool-down ends."""
 

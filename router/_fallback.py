@@ -22,11 +22,13 @@ from router._errors import (
     DeadlineExceeded,
     NoBackend,
     NoTimeLeft,
+    OverBudget,
     ResponseTooLarge,
     RouterError,
     SpaceSleeping,
     SpaceStarting,
 )
+from router._quota import SpaceBudget
 from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, completion_from_chunks
 from router._wake import SpaceWaker
@@ -77,10 +79,13 @@ def counts_against(exc: BackendError, deadline: Deadline) -> bool:
 
 
 def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
-              too_large: bool = False) -> RouterError:
-    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After."""
+              too_large: bool = False, budget: SpaceBudget | None = None) -> RouterError:
+    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After, or
+    429 when the GPU budget kept it from the Space."""
     if too_large:
         return AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
+    if budget is not None and budget.refusal is not None:
+        return budget.refusal
     if deadline.expired():
         return DeadlineExceeded("no backend answered before the deadline", reasons=tuple(reasons))
     return NoBackend("no backend is available right now",
@@ -109,9 +114,10 @@ class FallbackEngine:
                                               settings.breaker_cooldown_s)
                          for name in backends}
 
-    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline
-                  ) -> Outcome:
-        """Serve `call` from the first backend in `order` that answers within the deadline.
+    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline,
+                  budget: SpaceBudget | None = None) -> Outcome:
+        """Serve `call` from the first backend in `order` that answers within the deadline,
+        and that `budget` (the caller's GPU budget) admits.
 
         A wake of the Space runs on its own thread and is never awaited here: the answer does
         not wait for the Hub (the function's edge gives it a bounded moment to leave).
@@ -126,12 +132,12 @@ class FallbackEngine:
             is_last = index == len(order) - 1
             tried: list[Attempt] = []
             try:
-                self.admit(name)
+                await self.admit_within(name, budget)
                 payload = await self._attempt(backend, call, deadline, is_last, tried.append)
             except asyncio.CancelledError:
                 breaker.release()  # the caller went away: no verdict on the backend
                 raise
-            except CircuitOpen as exc:
+            except (CircuitOpen, OverBudget) as exc:
                 reasons.append(exc.reason)
                 retry_after = max(retry_after, exc.retry_after_s or 0.0)
                 continue
@@ -152,7 +158,7 @@ class FallbackEngine:
             attempts += len(tried)
             breaker.record_success()
             return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-        raise no_answer(reasons, retry_after, deadline, too_large=too_large)
+        raise no_answer(reasons, retry_after, deadline, too_large=too_large, budget=budget)
 
     def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
         """A failed attempt: count it on the backend's breaker (if it is evidence against the
@@ -176,6 +182,14 @@ class FallbackEngine:
         self._maybe_wake(name, CircuitOpen.reason)
         raise CircuitOpen(f"{name}: circuit open", backend=name, sent=False,
                           retry_after_s=breaker.retry_after_s())
+
+    async def admit_within(self, name: BackendName, budget: SpaceBudget | None) -> None:
+        """`admit`, then the caller's GPU budget: raise OverBudget when it keeps the request
+        from the backend (counted only for an attempt that would really go out)."""
+        self.admit(name)
+        if budget is not None and not await budget.admit(name):
+            self.breakers[name].release()  # a probe slot taken by `admit` goes back unused
+            raise OverBudget(f"{name}: over the GPU budget", backend=name, sent=False)
 
     def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
         """Time kept for the next backend: never more than half of what is left."""

@@ -62,9 +62,15 @@ class RouterService:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.function.router()  # settings are checked once, at startup
+                    router = self.function.router()  # settings are checked once, at startup
                 except Exception as exc:  # a bad setting: uvicorn reports it and exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                if await router.quotas.verify() == "misconfigured":
+                    # A wrong Redis password would turn every quota off in silence: refuse.
+                    await send({"type": "lifespan.startup.failed", "message": (
+                        "REDIS_URL: the quota store refused the login; fix its user or "
+                        "password")})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
