@@ -24,6 +24,9 @@ class HttpRequest:
     # Who is calling, as router/_access.py named it (`user:`, `key:` or `ip:`); set after the
     # access check, empty before it.
     subject: str = ""
+    # The address of the connection's other end, where the server knows it (the service);
+    # empty in the function, where DigitalOcean's edge writes X-Forwarded-For instead.
+    peer: str = ""
 
     def header(self, name: str, default: str = "") -> str:
         """A header's value, by case-insensitive name."""

@@ -94,7 +94,8 @@ class RouterService:
             # request, which CORS does not govern (browsers send Origin on POST anyway).
             del headers["origin"]
         request = HttpRequest(scope["method"], match.group("rest") or "/", headers, body,
-                              scope.get("query_string", b"").decode("latin-1"))
+                              scope.get("query_string", b"").decode("latin-1"),
+                              peer=_peer(scope))
         token = STREAMING.set(True)
         try:
             response = await self.function.router().handle_async(request, self.timeout_ms)
@@ -107,6 +108,12 @@ class RouterService:
             page = (STATIC / "index.html").read_text().replace("{{FUNCTION_PATH}}", self.prefix)
             return HttpResponse(200, page, {"content-type": "text/html; charset=utf-8"})
         return _error(404, "not_found", f"the function lives at {self.prefix}")
+
+
+def _peer(scope: Scope) -> str:
+    """The connection's own address (X-Forwarded-For counts only from TRUSTED_PROXIES)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def _read_body(headers: dict[str, str], receive: Any) -> bytes | None:
@@ -171,9 +178,11 @@ class Service(UvicornHost):
                  timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080) -> None:
         self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
         self.host = host
+        # proxy_headers=False: uvicorn would otherwise take X-Forwarded-For from any peer on
+        # 127.0.0.1 (or FORWARDED_ALLOW_IPS); the router's TRUSTED_PROXIES alone decides.
         self._host(self.app, host=host, port=port, timeout_keep_alive=KEEP_ALIVE_S,
                    limit_concurrency=CONNECTION_LIMIT, timeout_graceful_shutdown=int(GRACE_S),
-                   backlog=2048)
+                   backlog=2048, proxy_headers=False)
 
     @property
     def function_url(self) -> str:

@@ -1,6 +1,6 @@
-"""The service's quotas (issue 19, items 3 and 4): the GPU budget on a stream failover, a slow
-Redis that must not hold the event loop, and a refused Redis login. Real uvicorn, real
-redis-server.
+"""The service's quotas (issue 19, items 3, 4 and 5): the GPU budget on a stream failover, a
+slow Redis that must not hold the event loop, a refused Redis login, and client addresses from
+the connection (X-Forwarded-For only from TRUSTED_PROXIES). Real uvicorn, real redis-server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from bench.common import free_port
+from router._config import Settings
+from router._errors import ConfigError
 from tests.fakes.stream_backend import StreamBackend
 from tests.support.loopback import LoopbackServer
 from tests.support.redis_server import PASSWORD, RedisServer
@@ -136,3 +138,52 @@ def test_a_refused_redis_login_stops_the_service_from_starting(
     finally:
         service.stop()
     assert answer.status_code == 200
+
+
+def test_the_service_counts_the_connection_not_a_header(make_main, env: dict[str, str]):
+    """GIVEN an open service with RATE_LIMIT_PER_MINUTE=2 and no TRUSTED_PROXIES WHEN one client
+    sends 4 requests, each with another X-Forwarded-For THEN its address is the connection's:
+    the 3rd and 4th get 429."""
+    main = make_main({**env, "RATE_LIMIT_PER_MINUTE": "2"})
+    service = serve_main(main, namespace="peer", port=0)
+    try:
+        with httpx.Client(base_url=service.function_url, timeout=WAIT_S) as client:
+            statuses = [client.post("/v1/chat/completions", json=CHAT,
+                                    headers={"x-forwarded-for": f"198.51.100.{i}"}).status_code
+                        for i in range(4)]
+    finally:
+        service.stop()
+    assert statuses == [200, 200, 429, 429]
+
+
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(make_main, env: dict[str, str]):
+    """GIVEN an open service with RATE_LIMIT_PER_MINUTE=2 behind a trusted proxy
+    (TRUSTED_PROXIES=127.0.0.0/8, the test's own address) WHEN clients arrive through it THEN
+    each address the proxy appended counts alone, and one that prepends a forged entry is still
+    counted as the address the proxy saw (its 3rd request gets 429)."""
+    main = make_main({**env, "RATE_LIMIT_PER_MINUTE": "2", "TRUSTED_PROXIES": "127.0.0.0/8"})
+    service = serve_main(main, namespace="proxied", port=0)
+
+    def through_proxy(client: httpx.Client, forwarded: str) -> int:
+        return client.post("/v1/chat/completions", json=CHAT,
+                           headers={"x-forwarded-for": forwarded}).status_code
+
+    try:
+        with httpx.Client(base_url=service.function_url, timeout=WAIT_S) as client:
+            others = [through_proxy(client, f"198.51.100.{i}") for i in range(4)]
+            forged = [through_proxy(client, f"192.0.2.{i}, 203.0.113.9") for i in range(3)]
+    finally:
+        service.stop()
+    assert others == [200] * 4
+    assert forged == [200, 200, 429]
+
+
+def test_a_trusted_proxy_that_is_no_address_is_misconfigured():
+    """GIVEN TRUSTED_PROXIES holding something that is no address or network WHEN the settings
+    are read THEN ConfigError names the variable (a typo must not trust everyone, or no one)."""
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        Settings.from_env({"WORKER_URL": "http://127.0.0.1:1",
+                           "TRUSTED_PROXIES": "10.0.0.0/8, app-platform-edge"})
+    assert Settings.from_env({"WORKER_URL": "http://127.0.0.1:1",
+                              "TRUSTED_PROXIES": "10.0.0.0/8, ::1"}).trusted_proxies == (
+        "10.0.0.0/8", "::1")
