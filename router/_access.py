@@ -95,6 +95,17 @@ class Access:
             return _bounded("user", self._token_subject(given))
         raise Unauthorized("missing or invalid API key")
 
+    def may_see_details(self, request: HttpRequest) -> bool:
+        """Whether /health may tell this caller which backend fails: a valid key or token, or
+        an open function (where anyone may call the backends anyway). Never raises."""
+        if self.mode == "open":
+            return True
+        try:
+            self.subject(request)
+        except Unauthorized:
+            return False
+        return True
+
     def _key_index(self, given: str) -> int | None:
         # Compare against every key, always, so timing says nothing about which one was close.
         matched: int | None = None

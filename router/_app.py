@@ -132,10 +132,17 @@ class ChatRouter:
         return replace(request, subject=subject)
 
     async def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
-        """Cheap liveness: configuration and circuit states only, never a backend call."""
+        """Cheap liveness, never a backend call. Anyone learns whether the router is up and
+        configured; which backend fails, and how quotas are counted, only a caller with a key
+        or token (or anyone, when the function is open to anyone anyway)."""
+        quota = self.quotas.state  # as the last count found it: /health never asks Redis
+        status = "misconfigured" if quota == "misconfigured" else "ok"
+        public = {"status": status, "auth": self.access.mode}
+        if not self.access.may_see_details(request):
+            return HttpResponse.json(200, public)
         return HttpResponse.json(200, {
-            "status": "ok",
-            "auth": self.access.mode,
+            **public,
+            "quota": quota,
             "backends": {name: {"circuit": state}
                          for name, state in self.engine.breaker_states().items()},
             "space_configured": self.settings.has_space,
