@@ -286,4 +286,3 @@ class Settings(BaseModel):
             # Name the variables only: their values may be secrets.
             names = sorted({str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]})
             raise ConfigError(f"invalid or missing settings: {', '.join(names)}") from None
-
