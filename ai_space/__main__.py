@@ -10,20 +10,21 @@ import uvicorn
 
 from ai_space.app import create_app
 from ai_space.config import ConfigError, Settings
+from ai_space.logs import configure
 
 log = logging.getLogger("ai_space")
 
 
 def main() -> int:
     """Serve until stopped; exit 2 when the configuration is unusable (fail closed)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure("INFO")
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper())
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    configure(settings.log_level, secrets=[token])
     log.info("starting on %s:%d model=%s embedding_model=%s device=%s max_concurrency=%d "
              "max_queue=%d auth=%s", settings.host, settings.port, settings.model_name,
              settings.embedding_model_name, settings.device, settings.max_concurrency,
@@ -33,8 +34,9 @@ def main() -> int:
     except ConfigError as exc:  # ENGINE=llama.cpp on a host where its self-check failed
         log.error("refusing to start: %s", exc)
         return 2
+    # log_config=None: uvicorn's loggers keep our JSON handler instead of its text formats.
     uvicorn.run(app, host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_keep_alive=30)
+                log_level=settings.log_level.lower(), timeout_keep_alive=30, log_config=None)
     return 0
 
 

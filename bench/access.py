@@ -25,6 +25,7 @@ from typing import Any
 from bench import cold as cold_
 from bench.common import median, pct
 from router._do_event import FunctionContext, WebFunction
+from router._event_loop import LoopThread
 from router._quota_redis import RedisCounter
 from router_tools.token_cli import mint
 from tests.fakes.openai_backend import FakeBackend
@@ -104,9 +105,12 @@ def warm(requests: int, redis_url: str) -> Figures:
             function = WebFunction(env)
             stack.callback(function.close)
             paths[name] = _handler(function, event)
+        # The counter is async: awaited on one loop thread, as the function's container does.
+        loop = LoopThread("bench-redis")
         counter = RedisCounter(redis_url, timeout_s=0.040)
-        stack.callback(counter.close)
-        paths[REDIS_ALONE] = lambda: counter.hit("chat-router:bench", 60)
+        stack.callback(loop.close)
+        stack.callback(lambda: loop.run(counter.aclose()))
+        paths[REDIS_ALONE] = lambda: loop.run(counter.hit("chat-router:bench", 60))
         samples: dict[str, list[float]] = {name: [] for name in paths}
         for i in range(requests + WARMUP):
             for name, call in paths.items():

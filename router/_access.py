@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Literal
 
 from router._config import Settings
@@ -33,12 +34,35 @@ def _bounded(kind: str, value: str) -> str:
     return f"{kind}#{hashlib.sha256(value.encode()).hexdigest()[:24]}"
 
 
-def client_address(request: HttpRequest) -> str:
-    """The caller's address: the right-most `x-forwarded-for` entry, which the platform's edge
-    appended (a client can prepend entries, not replace that one)."""
+Network = IPv4Network | IPv6Network
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    return any(ip in network for network in proxies)
+
+
+def client_address(request: HttpRequest, proxies: Sequence[Network] = ()) -> str:
+    """The caller's address.
+
+    In the function (no peer), the right-most `x-forwarded-for` entry: DigitalOcean's edge
+    appends it (a client can prepend entries, not replace that one). In the service, the
+    connection's own address, unless it is one of TRUSTED_PROXIES: then the right-most entry
+    that no trusted proxy wrote (each proxy appends the address it saw).
+    """
     forwarded = request.header("x-forwarded-for")
     entries = [item.strip() for item in forwarded.split(",") if item.strip()]
-    return entries[-1] if entries else "unknown"
+    if not request.peer:
+        return entries[-1] if entries else "unknown"
+    address = request.peer
+    while entries and _trusted(address, proxies):
+        address = entries.pop()
+    return address
 
 
 class Access:
@@ -50,6 +74,7 @@ class Access:
         self.secret = settings.client_token_secret
         self.max_ttl_s = settings.client_token_max_ttl_s
         self.leeway_s = settings.client_token_leeway_s
+        self.proxies = tuple(ip_network(item, strict=False) for item in settings.trusted_proxies)
         self.clock = clock
 
     @property
@@ -60,7 +85,7 @@ class Access:
     def subject(self, request: HttpRequest) -> str:
         """Check the request's credential and name who sent it (raises Unauthorized)."""
         if self.mode == "open":
-            return _bounded("ip", client_address(request))
+            return _bounded("ip", client_address(request, self.proxies))
         auth = request.header("authorization")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key")
         matched = self._key_index(given)
@@ -69,6 +94,17 @@ class Access:
         if self.secret and (given.count(".") == 2 or not self.keys):
             return _bounded("user", self._token_subject(given))
         raise Unauthorized("missing or invalid API key")
+
+    def may_see_details(self, request: HttpRequest) -> bool:
+        """Whether /health may tell this caller which backend fails: a valid key or token, or
+        an open function (where anyone may call the backends anyway). Never raises."""
+        if self.mode == "open":
+            return True
+        try:
+            self.subject(request)
+        except Unauthorized:
+            return False
+        return True
 
     def _key_index(self, given: str) -> int | None:
         # Compare against every key, always, so timing says nothing about which one was close.

@@ -106,7 +106,7 @@ class ChatRouter:
         started = time.monotonic()
         try:
             if self._handler(request) != self.health:
-                return self._authorize(request)
+                return await self._authorize(request)
             return request
         except Exception as exc:
             return self._finish(request, self._refusal(exc, request_id), request_id, started)
@@ -139,7 +139,7 @@ class ChatRouter:
         if handler != self.health and not request.subject:
             # (A request the service admitted already carries its subject: it was checked,
             # and its quota taken, before its body was read.)
-            request = self._authorize(request)
+            request = await self._authorize(request)
         return await handler(request, deadline)
 
     def _handler(self, request: HttpRequest) -> Handler:
@@ -153,17 +153,24 @@ class ChatRouter:
             raise NotFound("no such endpoint; see the README for the paths")
         return handler
 
-    def _authorize(self, request: HttpRequest) -> HttpRequest:
+    async def _authorize(self, request: HttpRequest) -> HttpRequest:
         # A key or token when configured (an Origin header proves nothing), then the quota.
         subject = self.access.subject(request)
-        self.quotas.check(subject)
+        await self.quotas.check(subject)
         return replace(request, subject=subject)
 
     async def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
-        """Cheap liveness: configuration and circuit states only, never a backend call."""
+        """Cheap liveness, never a backend call. Anyone learns whether the router is up and
+        configured; which backend fails, and how quotas are counted, only a caller with a key
+        or token (or anyone, when the function is open to anyone anyway)."""
+        quota = self.quotas.state  # as the last count found it: /health never asks Redis
+        status = "misconfigured" if quota == "misconfigured" else "ok"
+        public = {"status": status, "auth": self.access.mode}
+        if not self.access.may_see_details(request):
+            return HttpResponse.json(200, public)
         return HttpResponse.json(200, {
-            "status": "ok",
-            "auth": self.access.mode,
+            **public,
+            "quota": quota,
             "backends": {name: {"circuit": state}
                          for name, state in self.engine.breaker_states().items()},
             "space_configured": self.settings.has_space,
@@ -191,7 +198,7 @@ class ChatRouter:
         for backend in self.backends.values():
             await backend.aclose()
         self.engine.waker.close()
-        self.quotas.close()
+        await self.quotas.aclose()
 
     def close(self) -> None:
         """The function's shutdown: close the clients on the container's loop, then the loop."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
@@ -74,14 +75,34 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+# The caller sees at most this much of a backend's message; it is scrubbed before the cut,
+# over the first SCRUB_CHARS (any secret that reaches into the first MESSAGE_CHARS lies whole
+# inside them).
+MESSAGE_CHARS = 300
+SCRUB_CHARS = 16_384
 _URL = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOKENISH = re.compile(r"\b(?:hf_|sk-|Bearer\s+)\S+", re.IGNORECASE)
 
 
+def scrub_message(message: str, private: Sequence[str]) -> str:
+    """A backend's message made safe for the caller: every private value (secrets, backend
+    hosts, matched in any case), URL and token-like word replaced, and only then cut to
+    MESSAGE_CHARS, so that a cut can never leave part of a secret behind."""
+    text = message[:SCRUB_CHARS]
+    values = sorted({value for value in private if value}, key=len, reverse=True)
+    if values:
+        # Longest first: a URL goes before the host or the token inside it.
+        text = re.sub("|".join(re.escape(value) for value in values), "[redacted]", text,
+                      flags=re.IGNORECASE)
+    text = _TOKENISH.sub("[redacted]", _URL.sub("[url]", text))
+    return text[:MESSAGE_CHARS]
+
+
 def provider_error(body: bytes) -> tuple[str | None, str | None]:
-    """A 4xx body's own `{"error": {"code", "message"}}`, sanitised: no URL, nothing that looks
-    like a token, at most 300 characters; (None, None) when it has none."""
+    """A 4xx body's own `{"error": {"code", "message"}}`, the message still unscrubbed (the
+    engine scrubs it with the settings' private values, then cuts it: `scrub_message`);
+    (None, None) when it has none."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -92,10 +113,9 @@ def provider_error(body: bytes) -> tuple[str | None, str | None]:
     code = error.get("code") or error.get("type")
     message = error.get("message")
     safe_code = str(code) if isinstance(code, str) and _CODE.match(code) else None
-    safe_message = None
-    if isinstance(message, str) and message.strip():
-        safe_message = _TOKENISH.sub("[redacted]", _URL.sub("[url]", message))[:300]
-    return safe_code, safe_message
+    raw_message = message[:SCRUB_CHARS] if isinstance(message, str) and message.strip() \
+        else None
+    return safe_code, raw_message
 
 
 def classify_response(response: httpx.Response, backend: BackendName) -> dict[str, Any]:

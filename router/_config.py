@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -91,6 +92,9 @@ class Settings(BaseModel):
     client_token_secret: str = ""
     client_token_max_ttl_s: int = Field(default=3_600, ge=1)
     client_token_leeway_s: int = Field(default=30, ge=0, le=300)
+    # Proxies (addresses or networks) whose X-Forwarded-For the service believes; the function
+    # always takes the right-most entry, which DigitalOcean's edge writes.
+    trusted_proxies: tuple[str, ...] = ()
 
     # Per-subject quotas (router/_quota.py); 0 = no limit. REDIS_URL shares the counters.
     rate_limit_per_minute: int = Field(default=0, ge=0)
@@ -124,7 +128,8 @@ class Settings(BaseModel):
     warmup_timeout_ms: PositiveMs = 3_000
 
     _csv_fields = field_validator(
-        "cors_origins", "api_keys", "route_task_words", "model_aliases", mode="before"
+        "cors_origins", "api_keys", "route_task_words", "model_aliases", "trusted_proxies",
+        mode="before"
     )(_csv)
 
     @model_validator(mode="before")
@@ -180,6 +185,16 @@ class Settings(BaseModel):
     def _redis_url(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError("entries must be IP addresses or networks (CIDR)") from None
         return value
 
     @field_validator("worker_token", "space_token", "hf_token", "api_keys")
@@ -253,6 +268,12 @@ class Settings(BaseModel):
                   self.space_url, self.client_token_secret, self.redis_url,
                   urlsplit(self.redis_url).password or "", *self.api_keys)
         return tuple(v for v in values if len(v) >= 4)
+
+    def private_hosts(self) -> tuple[str, ...]:
+        """The backends' and Redis' host names: kept out of answers even without a scheme."""
+        hosts = (urlsplit(url).hostname or "" for url in (self.worker_url, self.space_url,
+                                                            self.redis_url))
+        return tuple(host for host in hosts if len(host) >= 4)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

@@ -18,7 +18,7 @@ from router._errors import AnswerTooLarge, BackendProtocolError, ResponseTooLarg
 from router._fallback import Call, FallbackEngine, Outcome
 from router._http_types import HttpRequest, HttpResponse
 from router._policy import Decision, Policy
-from router._quota import Quotas
+from router._quota import Quotas, SpaceBudget
 from router._schedule import SpaceHours
 from router._schema import (
     AiChatRequest,
@@ -103,12 +103,14 @@ def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What a chat request will try: the policy's decision, the backend order, the bodies, and
-    the reason when the worker answers on purpose (`off_hours`, `quota`)."""
+    """What a chat request will try: the policy's decision, the backend order, the bodies, the
+    caller's GPU budget (asked before every Space attempt), and the reason when the worker
+    answers on purpose (`off_hours`)."""
 
     decision: Decision
     order: list[BackendName]
     body_for: Callable[[BackendConfig], dict[str, Any]]
+    budget: SpaceBudget
     on_purpose: str | None
 
 
@@ -139,12 +141,11 @@ class Endpoints:
             return request.upstream_body(config.model, max_tokens)
 
         order = self._order(decision.target)
-        reason = "off_hours"
-        if order[0] == "space" and not self.quotas.llm_allowed(subject):
-            order, reason = ["worker"], "quota"  # over LLM_RATE_LIMIT_PER_MINUTE: spare the GPU
-        # Answered by the worker on purpose: the Space sleeps off hours, or the quota spares it.
+        # Answered by the worker on purpose: the Space sleeps off hours. (Over the GPU budget
+        # the engine skips the Space itself, on every path that would reach it: `quota`.)
         on_purpose = decision.target == "space" and order == ["worker"] and self.has_space
-        return Plan(decision, order, body_for, reason if on_purpose else None)
+        return Plan(decision, order, body_for, self.quotas.budget(subject),
+                    "off_hours" if on_purpose else None)
 
     async def _chat(self, request: ChatRequest, subject: str, deadline: Deadline
                     ) -> tuple[Outcome, Decision]:
@@ -152,7 +153,7 @@ class Endpoints:
         decision, body_for = plan.decision, plan.body_for
         call = Call("POST", "/v1/chat/completions", body_for, idempotent=False,
                     check=require_choices, stream=True)
-        outcome = await self.engine.run(plan.order, call, deadline)
+        outcome = await self.engine.run(plan.order, call, deadline, plan.budget)
         if plan.on_purpose and not outcome.fallback:
             outcome = replace(outcome, fallback=plan.on_purpose)
         return outcome, decision
@@ -162,7 +163,7 @@ class Endpoints:
         plan = self._plan(request, subject)
         decision = plan.decision
         facts = StreamFacts(route=decision.target)
-        run = StreamRun(self.engine, plan.order, plan.body_for, deadline, facts)
+        run = StreamRun(self.engine, plan.order, plan.body_for, deadline, facts, plan.budget)
         chunks = run.chunks()
         first = await anext(chunks)  # a failure before any chunk is an ordinary error answer
         if plan.on_purpose and not facts.fallback:

@@ -159,7 +159,8 @@ class BackendRateLimited(BackendError):
 
 class BackendRejected(BackendError):
     """The backend refused the request with a 4xx other than 429; `provider_code` and
-    `provider_message` are its own error's, already sanitised (router/_backends.py)."""
+    `provider_message` are its own error's: the code checked, the message still to be scrubbed
+    and cut (router/_classify.py `scrub_message`) before it reaches a caller."""
 
     reason = "error"
     provider_code: str | None = None
@@ -183,6 +184,12 @@ class AnswerTooLarge(RouterError):
     fault (413 would say that its request was too large)."""
 
     code = "response_too_large"
+
+
+class OverBudget(BackendError):
+    """The caller used up its GPU budget (LLM_RATE_LIMIT_PER_MINUTE): the Space is skipped."""
+
+    reason = "quota"
 
 
 class CircuitOpen(BackendError):

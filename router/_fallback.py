@@ -9,7 +9,7 @@ from typing import Any
 
 from router._backends import Backend, BackendConfig, BackendName
 from router._breaker import CircuitBreaker
-from router._classify import rejected_detail
+from router._classify import rejected_detail, scrub_message
 from router._config import Settings
 from router._deadline import Deadline
 from router._errors import (
@@ -22,11 +22,13 @@ from router._errors import (
     DeadlineExceeded,
     NoBackend,
     NoTimeLeft,
+    OverBudget,
     ResponseTooLarge,
     RouterError,
     SpaceSleeping,
     SpaceStarting,
 )
+from router._quota import SpaceBudget
 from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, completion_from_chunks
 from router._wake import SpaceWaker
@@ -77,21 +79,26 @@ def counts_against(exc: BackendError, deadline: Deadline) -> bool:
 
 
 def no_answer(reasons: Sequence[str], retry_after: float, deadline: Deadline, *,
-              too_large: bool = False) -> RouterError:
-    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After."""
+              too_large: bool = False, budget: SpaceBudget | None = None) -> RouterError:
+    """The error for a request that no backend answered: 502, 504 or 503 with Retry-After, or
+    429 when the GPU budget kept it from the Space."""
     if too_large:
         return AnswerTooLarge("the answer was larger than the platform's 1 MB limit")
+    if budget is not None and budget.refusal is not None:
+        return budget.refusal
     if deadline.expired():
         return DeadlineExceeded("no backend answered before the deadline", reasons=tuple(reasons))
     return NoBackend("no backend is available right now",
                      retry_after_s=max(1, round(retry_after or 5)), reasons=tuple(reasons))
 
 
-def rejected_error(exc: BackendRejected, secrets: Sequence[str]) -> BadRequest:
-    """The caller's 400: the provider's own code and message (sanitised), or a generic one."""
-    message = exc.provider_message or rejected_detail(exc)
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
+def rejected_error(exc: BackendRejected, settings: Settings) -> BadRequest:
+    """The caller's 400: the provider's own code and message (scrubbed of every secret and
+    backend host, then cut), or a generic one."""
+    message = rejected_detail(exc)
+    if exc.provider_message:
+        message = scrub_message(exc.provider_message,
+                                (*settings.secrets(), *settings.private_hosts()))
     return BadRequest(message, code=exc.provider_code or "rejected_by_backend")
 
 
@@ -107,9 +114,10 @@ class FallbackEngine:
                                               settings.breaker_cooldown_s)
                          for name in backends}
 
-    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline
-                  ) -> Outcome:
-        """Serve `call` from the first backend in `order` that answers within the deadline.
+    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline,
+                  budget: SpaceBudget | None = None) -> Outcome:
+        """Serve `call` from the first backend in `order` that answers within the deadline,
+        and that `budget` (the caller's GPU budget) admits.
 
         A wake of the Space runs on its own thread and is never awaited here: the answer does
         not wait for the Hub (the function's edge gives it a bounded moment to leave).
@@ -124,12 +132,12 @@ class FallbackEngine:
             is_last = index == len(order) - 1
             tried: list[Attempt] = []
             try:
-                self.admit(name)
+                await self.admit_within(name, budget)
                 payload = await self._attempt(backend, call, deadline, is_last, tried.append)
             except asyncio.CancelledError:
                 breaker.release()  # the caller went away: no verdict on the backend
                 raise
-            except CircuitOpen as exc:
+            except (CircuitOpen, OverBudget) as exc:
                 reasons.append(exc.reason)
                 retry_after = max(retry_after, exc.retry_after_s or 0.0)
                 continue
@@ -140,7 +148,7 @@ class FallbackEngine:
                     if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
                         reasons.append(CONTEXT_TOO_LONG)  # the other may have a larger window
                         continue
-                    raise rejected_error(exc, self.settings.secrets()) from None
+                    raise rejected_error(exc, self.settings) from None
                 reasons.append(exc.reason)
                 too_large = isinstance(exc, ResponseTooLarge)
                 if exc.retry_after_s is not None:
@@ -150,7 +158,7 @@ class FallbackEngine:
             attempts += len(tried)
             breaker.record_success()
             return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-        raise no_answer(reasons, retry_after, deadline, too_large=too_large)
+        raise no_answer(reasons, retry_after, deadline, too_large=too_large, budget=budget)
 
     def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
         """A failed attempt: count it on the backend's breaker (if it is evidence against the
@@ -174,6 +182,14 @@ class FallbackEngine:
         self._maybe_wake(name, CircuitOpen.reason)
         raise CircuitOpen(f"{name}: circuit open", backend=name, sent=False,
                           retry_after_s=breaker.retry_after_s())
+
+    async def admit_within(self, name: BackendName, budget: SpaceBudget | None) -> None:
+        """`admit`, then the caller's GPU budget: raise OverBudget when it keeps the request
+        from the backend (counted only for an attempt that would really go out)."""
+        self.admit(name)
+        if budget is not None and not await budget.admit(name):
+            self.breakers[name].release()  # a probe slot taken by `admit` goes back unused
+            raise OverBudget(f"{name}: over the GPU budget", backend=name, sent=False)
 
     def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
         """Time kept for the next backend: never more than half of what is left."""

@@ -24,8 +24,8 @@ class HttpRequest:
     # Who is calling, as router/_access.py named it (`user:`, `key:` or `ip:`); set after the
     # access check, empty before it.
     subject: str = ""
-    # The connection's own peer address, where the edge knows it (the service); empty in the
-    # function, where only DigitalOcean's edge sees the connection.
+    # The address of the connection's other end, where the server knows it (the service);
+    # empty in the function, where DigitalOcean's edge writes X-Forwarded-For instead.
     peer: str = ""
 
     def header(self, name: str, default: str = "") -> str:

@@ -1,9 +1,10 @@
 """Per-subject quotas: `RATE_LIMIT_PER_MINUTE` (over it: 429) and `LLM_RATE_LIMIT_PER_MINUTE`
-(over it: the worker answers instead of the Space, `X-Chat-Fallback: quota`).
+(the GPU budget: over it the Space leaves the request's order, `X-Chat-Fallback: quota`).
 
 Counters are fixed one-minute windows that start at a subject's first request. Without
 `REDIS_URL` they live in this container's memory, so each warm container counts alone (the
-limits are approximate); with it they are shared through Redis (router/_quota_redis.py).
+limits are approximate); with it they are shared through Redis (router/_quota_redis.py). Every
+count is awaited on the caller's event loop and never blocks it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from router._config import Settings
 from router._errors import RateLimited
 
 WINDOW_S = 60
 KEY_PREFIX = "chat-router:quota:"
+
+# What /health says of the quotas: `off` (no limit set), `local` (this container's memory),
+# `unverified` (Redis not asked yet in this container), `shared` (Redis answers),
+# `unreachable` (Redis down or slow: failing open), `misconfigured` (Redis refused the login:
+# failing open, a configuration error).
+QuotaState = Literal["off", "local", "unverified", "shared", "unreachable", "misconfigured"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +40,24 @@ class Window:
 class Counter(Protocol):
     """Where windows are counted; `None` from `hit` means "unknown" (the quota fails open)."""
 
-    def hit(self, key: str, window_s: int) -> Window | None:
+    @property
+    def state(self) -> QuotaState:
+        """How the store answered last."""
+
+    async def hit(self, key: str, window_s: int) -> Window | None:
         """Count one request for `key` and return its window."""
 
-    def close(self) -> None:
+    async def verify(self) -> QuotaState:
+        """Ask the store whether it takes our login (one bounded round trip, or none)."""
+
+    async def aclose(self) -> None:
         """Release connections, if any."""
 
 
 class MemoryCounter:
     """Fixed windows in this container's memory: cheap, per container, approximate."""
+
+    state: QuotaState = "local"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 10_000) -> None:
@@ -50,8 +66,8 @@ class MemoryCounter:
         self._windows: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()  # the local gateway serves threads; DO serves one at once
 
-    def hit(self, key: str, window_s: int) -> Window:
-        """Count one request for `key` in its current window."""
+    async def hit(self, key: str, window_s: int) -> Window:
+        """Count one request for `key` in its current window (it never waits on anything)."""
         now = self.clock()
         with self._lock:
             started, count = self._windows.get(key, (now, 0))
@@ -73,8 +89,42 @@ class MemoryCounter:
         """How many keys are held now."""
         return len(self._windows)
 
-    def close(self) -> None:
+    async def verify(self) -> QuotaState:
+        """Memory always takes the count."""
+        return self.state
+
+    async def aclose(self) -> None:
         """Nothing to release."""
+
+
+class SpaceBudget:
+    """One request's claim on its subject's GPU budget (LLM_RATE_LIMIT_PER_MINUTE).
+
+    The engine asks `admit` before every attempt that would go to a backend, whatever sent it
+    there (first choice, a context-length fallback, a circuit-open fallback, a stream
+    failover); only the Space's are counted, once per request. Over the limit the Space is
+    skipped and `refusal` holds the 429 for a request that no other backend can serve.
+    """
+
+    def __init__(self, quotas: Quotas, subject: str) -> None:
+        self.quotas = quotas
+        self.subject = subject
+        self.refusal: RateLimited | None = None
+        self._allowed: bool | None = None
+
+    async def admit(self, backend: str) -> bool:
+        """Whether this request may go to `backend` now (counted on its first Space attempt)."""
+        if backend != "space" or not self.quotas.llm_limit:
+            return True
+        if self._allowed is None:
+            window = await self.quotas.counter.hit(KEY_PREFIX + "llm:" + self.subject, WINDOW_S)
+            self._allowed = window is None or window.count <= self.quotas.llm_limit
+            if not self._allowed and window is not None:
+                self.refusal = RateLimited(
+                    f"more than {self.quotas.llm_limit} LLM requests a minute, and no other "
+                    "backend could serve this one; retry later",
+                    retry_after_s=max(1, math.ceil(window.reset_s)))
+        return self._allowed
 
 
 class Quotas:
@@ -99,23 +149,36 @@ class Quotas:
                 self._counter = MemoryCounter()
         return self._counter
 
-    def check(self, subject: str) -> None:
+    @property
+    def state(self) -> QuotaState:
+        """How quotas were counted last, for /health (which never asks Redis itself: it must
+        stay cheap, and the function's cold /health would pay for importing redis-py)."""
+        if not (self.limit or self.llm_limit):
+            return "off"
+        if self._counter is None:
+            return "unverified" if self.redis_url else "local"
+        return self._counter.state
+
+    async def verify(self) -> QuotaState:
+        """Check the store's login once (the service, at start-up)."""
+        if not (self.limit or self.llm_limit):
+            return "off"
+        return await self.counter.verify()
+
+    async def check(self, subject: str) -> None:
         """Count one request; over RATE_LIMIT_PER_MINUTE raise RateLimited (429)."""
         if not self.limit:
             return
-        window = self.counter.hit(KEY_PREFIX + "all:" + subject, WINDOW_S)
+        window = await self.counter.hit(KEY_PREFIX + "all:" + subject, WINDOW_S)
         if window is not None and window.count > self.limit:
             raise RateLimited(f"more than {self.limit} requests a minute; retry later",
                               retry_after_s=max(1, math.ceil(window.reset_s)))
 
-    def llm_allowed(self, subject: str) -> bool:
-        """Count one request bound for the Space; False once over LLM_RATE_LIMIT_PER_MINUTE."""
-        if not self.llm_limit:
-            return True
-        window = self.counter.hit(KEY_PREFIX + "llm:" + subject, WINDOW_S)
-        return window is None or window.count <= self.llm_limit
+    def budget(self, subject: str) -> SpaceBudget:
+        """A fresh claim on `subject`'s GPU budget, for one request."""
+        return SpaceBudget(self, subject)
 
-    def close(self) -> None:
-        """Release the counter's connections."""
+    async def aclose(self) -> None:
+        """Release the counter's connections (on the loop that used them)."""
         if self._counter is not None:
-            self._counter.close()
+            await self._counter.aclose()

@@ -17,7 +17,7 @@ from typing import Any
 
 from router._backends import Backend, BackendConfig, BackendName, OpenStream
 from router._deadline import Deadline
-from router._errors import BackendError, BackendRejected, CircuitOpen
+from router._errors import BackendError, BackendRejected, CircuitOpen, OverBudget
 from router._fallback import (
     CALLER_FAULT,
     CONTEXT_TOO_LONG,
@@ -25,6 +25,7 @@ from router._fallback import (
     no_answer,
     rejected_error,
 )
+from router._quota import SpaceBudget
 from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, content_of
 
@@ -56,8 +57,9 @@ class StreamRun:
 
     def __init__(self, engine: FallbackEngine, order: Sequence[BackendName],
                  body_for: Callable[[BackendConfig], dict[str, Any]], deadline: Deadline,
-                 facts: StreamFacts) -> None:
+                 facts: StreamFacts, budget: SpaceBudget | None = None) -> None:
         self.engine = engine
+        self.budget = budget  # the caller's GPU budget, asked before each backend (failover too)
         self.order = order
         self.body_for = body_for
         self.deadline = deadline
@@ -73,8 +75,8 @@ class StreamRun:
         retry_after = 0.0
         for index, name in enumerate(self.order):
             try:
-                self.engine.admit(name)
-            except CircuitOpen as exc:
+                await self.engine.admit_within(name, self.budget)
+            except (CircuitOpen, OverBudget) as exc:
                 reasons.append(exc.reason)
                 retry_after = max(retry_after, exc.retry_after_s or 0.0)
                 continue
@@ -93,7 +95,7 @@ class StreamRun:
                     if exc.provider_code == CONTEXT_TOO_LONG and index < len(self.order) - 1:
                         reasons.append(CONTEXT_TOO_LONG)
                         continue
-                    raise rejected_error(exc, self.engine.settings.secrets()) from None
+                    raise rejected_error(exc, self.engine.settings) from None
                 reasons.append(exc.reason)
                 if exc.retry_after_s is not None:
                     retry_after = max(retry_after, exc.retry_after_s)
@@ -103,7 +105,7 @@ class StreamRun:
                 await inner.aclose()  # now, not at garbage collection: it hangs up the backend
             self.engine.breakers[name].record_success()
             return
-        raise no_answer(reasons, retry_after, self.deadline)
+        raise no_answer(reasons, retry_after, self.deadline, budget=self.budget)
 
     async def _open(self, backend: Backend, body: dict[str, Any], is_last: bool) -> OpenStream:
         reserve = self.engine.reserve_s(self.deadline, is_last)

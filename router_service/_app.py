@@ -67,9 +67,15 @@ class RouterService:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.function.router()  # settings are checked once, at startup
+                    router = self.function.router()  # settings are checked once, at startup
                 except Exception as exc:  # a bad setting: uvicorn reports it and exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                if await router.quotas.verify() == "misconfigured":
+                    # A wrong Redis password would turn every quota off in silence: refuse.
+                    await send({"type": "lifespan.startup.failed", "message": (
+                        "REDIS_URL: the quota store refused the login; fix its user or "
+                        "password")})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -90,10 +96,8 @@ class RouterService:
             # The chat page this service serves calls from its own origin: a same-origin
             # request, which CORS does not govern (browsers send Origin on POST anyway).
             del headers["origin"]
-        client = scope.get("client")
         head = HttpRequest(scope["method"], match.group("rest") or "/", headers, b"",
-                           scope.get("query_string", b"").decode("latin-1"),
-                           peer=str(client[0]) if client else "")
+                           scope.get("query_string", b"").decode("latin-1"), peer=_peer(scope))
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await _send(send, self._too_large(router, head, limit), close=True)
@@ -131,6 +135,12 @@ class RouterService:
             page = (STATIC / "index.html").read_text().replace("{{FUNCTION_PATH}}", self.prefix)
             return HttpResponse(200, page, {"content-type": "text/html; charset=utf-8"})
         return _error(404, "not_found", f"the function lives at {self.prefix}")
+
+
+def _peer(scope: Scope) -> str:
+    """The connection's own address (X-Forwarded-For counts only from TRUSTED_PROXIES)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def _read_body(receive: Any, limit: int) -> bytes | None:

@@ -32,7 +32,10 @@ class Service(UvicornHost):
         self._host(self.app, host=host, port=port, http=guarded_protocol(self.door),
                    ws="none", timeout_keep_alive=self.limits.keep_alive_s,
                    limit_concurrency=self.limits.max_connections,
-                   timeout_graceful_shutdown=GRACE_S, backlog=2048)
+                   timeout_graceful_shutdown=GRACE_S, backlog=2048,
+                   # uvicorn would otherwise take X-Forwarded-For from any peer on 127.0.0.1
+                   # (or FORWARDED_ALLOW_IPS); the router's TRUSTED_PROXIES alone decides.
+                   proxy_headers=False)
 
     @property
     def function_url(self) -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from router._do_event import FunctionContext
-from tests.conftest import load_event
+from tests.conftest import WORKER_TOKEN, load_event
 from tests.fakes.openai_backend import FakeBackend
 
 TOO_LONG = {"error": {"code": "context_length_exceeded", "type": "invalid_request_error",
@@ -56,6 +56,24 @@ def test_the_providers_error_reaches_the_caller_sanitised(make_main, fast_env,
     assert error["message"].startswith("This model's maximum context length is 2048 tokens")
     assert "hf.space" not in result["body"] and "hf_abcdef" not in result["body"]
     assert worker.generation_requests() == 1
+
+
+def test_a_secret_is_scrubbed_before_the_message_is_cut(make_main, fast_env, worker: FakeBackend):
+    """GIVEN only a worker, answering 400 with a message whose 300-character cut falls inside
+    the worker's token, and which names the worker's host without a scheme WHEN chats come THEN
+    the caller sees neither any part of the token nor the host (scrubbed first, then cut)."""
+    host = worker.url.removeprefix("http://")
+    main = make_main({**fast_env, "SPACE_URL": ""})
+    messages = ["x" * 291 + WORKER_TOKEN + " rest", f"upstream {host} refused the prompt"]
+    bodies = []
+    for message in messages:
+        worker.mode = "status:400"
+        worker.error_body = {"error": {"code": "bad_prompt", "message": message}}
+        result = main(load_event("chat_completions"), FunctionContext.with_timeout(28_000))
+        assert result["statusCode"] == 400
+        bodies.append(json.loads(result["body"])["error"]["message"])
+    assert len(bodies[0]) <= 300 and WORKER_TOKEN[:5] not in bodies[0]
+    assert bodies[1].startswith("upstream ") and host.split(":")[0] not in bodies[1]
 
 
 def test_a_backend_that_sends_no_headers_is_given_up_at_the_first_token_limit(

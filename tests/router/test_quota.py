@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from router._quota import MemoryCounter
+from router._quota import MemoryCounter, Window
 from router_tools.token_cli import mint
 from tests.conftest import Main, load_event
 from tests.fakes.openai_backend import FakeBackend
@@ -72,11 +73,15 @@ def test_memory_windows_reset_after_a_minute():
     passes the window, and it is hit again THEN the counts are 1, 2, then 1 with a fresh window."""
     now = [1_000.0]
     counter = MemoryCounter(clock=lambda: now[0])
-    assert [counter.hit("k", 60).count for _ in range(2)] == [1, 2]
+
+    def hit() -> Window:
+        return asyncio.run(counter.hit("k", 60))
+
+    assert [hit().count for _ in range(2)] == [1, 2]
     now[0] += 59.5
-    assert counter.hit("k", 60).reset_s == 0.5
+    assert hit().reset_s == 0.5
     now[0] += 1
-    window = counter.hit("k", 60)
+    window = hit()
     assert (window.count, window.reset_s) == (1, 60)
 
 
@@ -85,5 +90,5 @@ def test_memory_counter_stays_bounded():
     holds more than 3 (a flood of subjects forgets old counts rather than growing)."""
     counter = MemoryCounter(clock=lambda: 0.0, max_keys=3)
     for index in range(5):
-        counter.hit(f"k{index}", 60)
+        asyncio.run(counter.hit(f"k{index}", 60))
         assert len(counter) <= 3

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from router._access import key_id
+from router._event_loop import LoopThread
 from router._quota import KEY_PREFIX
 from router._quota_redis import RedisCounter
 from router_tools.token_cli import mint
@@ -130,20 +131,22 @@ def test_hung_redis_fails_open_within_50_ms(redis_server: RedisServer,
                                             caplog: pytest.LogCaptureFixture):
     """GIVEN a counter with a live connection WHEN Redis hangs (SIGSTOP) THEN the next hit gives
     up within 50 ms (None: fail open), and hits during the cool-down do not touch Redis."""
+    loop = LoopThread("test-redis")
     counter = RedisCounter(redis_server.url, timeout_s=0.040)
     try:
-        first = counter.hit("k", 60)
+        first = loop.run(counter.hit("k", 60))
         assert first is not None and first.count == 1
         redis_server.pause()
         started = time.perf_counter()
-        assert counter.hit("k", 60) is None
+        assert loop.run(counter.hit("k", 60)) is None
         hung_s = time.perf_counter() - started
         started = time.perf_counter()
-        assert counter.hit("k", 60) is None
+        assert loop.run(counter.hit("k", 60)) is None
         skipped_s = time.perf_counter() - started
     finally:
         redis_server.resume()
-        counter.close()
+        loop.run(counter.aclose())
+        loop.close()
     assert hung_s < FAIL_OPEN_S, f"{hung_s * 1000:.1f} ms"
     assert skipped_s < 0.001
 
@@ -154,16 +157,18 @@ def test_failures_are_logged_at_most_once_a_minute(redis_server: RedisServer,
     hits, then a minute passes and it fails again THEN two warning lines in all, by type only."""
     caplog.set_level(logging.INFO, logger="router")
     now = [0.0]
+    loop = LoopThread("test-redis")
     counter = RedisCounter(redis_server.url, timeout_s=0.040, cooldown_s=0.0,
                            clock=lambda: now[0])
     redis_server.kill()
     try:
         for _ in range(3):
-            assert counter.hit("k", 60) is None
+            assert loop.run(counter.hit("k", 60)) is None
         now[0] += 61.0
-        assert counter.hit("k", 60) is None
+        assert loop.run(counter.hit("k", 60)) is None
     finally:
-        counter.close()
+        loop.run(counter.aclose())
+        loop.close()
     lines = [r for r in caplog.records if r.name == "router.quota"]
     assert len(lines) == 2
     fields: dict[str, Any] = getattr(lines[0], "fields", {})
