@@ -64,12 +64,14 @@ def test_openai_client_with_wrong_key_raises_authentication_error(
 
 
 def test_health_needs_no_token(tiny_server: LoopbackServer) -> None:
-    """GIVEN no token WHEN /health is read THEN 200 with status, model names and device."""
+    """GIVEN no token WHEN /health is read THEN 200 with status, model names, device, and the
+    engine with why it was chosen."""
     response = httpx.get(f"{tiny_server.url}/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "model": "tiny-llama",
                                "embedding_model": response.json()["embedding_model"],
-                               "device": "cpu"}
+                               "device": "cpu", "engine": "transformers",
+                               "engine_reason": "auto: the model is not a GGUF"}
 
 
 def test_auth_comes_before_body_checks(tiny_server: LoopbackServer) -> None:
