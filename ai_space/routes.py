@@ -82,6 +82,11 @@ def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
         # is ours and becomes a 500 without its text (ai_space/errors.py).
         raise BadRequest(f"messages do not fit the model's chat template: {exc.message}",
                          code="invalid_messages") from None
+    except ValueError as exc:
+        # A trailing assistant message that the template does not reproduce cannot be
+        # continued (transformers raises the same for continue_final_message).
+        raise BadRequest(f"the final assistant message cannot be continued: {exc}",
+                         code="invalid_messages") from None
 
 
 @router.post("/v1/chat/completions", responses={200: {
