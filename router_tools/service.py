@@ -133,27 +133,31 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
         await send({"type": "http.response.body", "body": data})
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    gone = asyncio.Event()
-
-    async def watch() -> None:
-        # The client hanging up ends the relay, and so the backend's stream.
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    watcher = asyncio.create_task(watch())
     stream = response.stream
-    try:
+
+    async def pump() -> None:
         async for text in stream:
-            if gone.is_set():
-                break
             await send({"type": "http.response.body", "body": text.encode("utf-8"),
                         "more_body": True})
-        if not gone.is_set():
-            await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    # The client hanging up cancels the relay at once, whatever the backend is doing (a
+    # stalled backend sends no next chunk to notice it by): its stream closes, and no
+    # fallback attempt starts for a client that has gone.
+    relaying, watcher = asyncio.create_task(pump()), asyncio.create_task(watch())
+    try:
+        await asyncio.wait({relaying, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for task in (relaying, watcher):
+            task.cancel()
+        await asyncio.gather(relaying, watcher, return_exceptions=True)
         await stream.aclose()  # type: ignore[attr-defined]
+    if relaying.done() and not relaying.cancelled():
+        relaying.result()  # a failure of the relay itself is raised, never swallowed
 
 
 class Service(UvicornHost):
