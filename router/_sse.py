@@ -32,6 +32,10 @@ def completion_to_sse(completion: dict[str, Any], *, include_usage: bool) -> str
     if message.get("reasoning_content"):
         parts.append(_event({**base, "choices": [{"index": 0, "delta": {
             "reasoning_content": message["reasoning_content"]}, "finish_reason": None}]}))
+    if message.get("tool_calls"):
+        calls = [{"index": index, **call} for index, call in enumerate(message["tool_calls"])]
+        parts.append(_event({**base, "choices": [{"index": 0, "delta": {"tool_calls": calls},
+                                                  "finish_reason": None}]}))
     if content:
         parts.append(_event({**base, "choices": [{"index": 0, "delta": {"content": content},
                                                   "finish_reason": None}]}))

@@ -184,6 +184,7 @@ def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Fold checked chunks into one `chat.completion` object."""
     text: list[str] = []
     reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     first: dict[str, Any] = {}
     finish = "stop"
     usage = None
@@ -191,11 +192,15 @@ def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
         first = first or chunk
         text.append(content_of(chunk))
         reasoning.append(str(delta_of(chunk).get("reasoning_content") or ""))
+        _fold_tool_calls(calls, delta_of(chunk).get("tool_calls") or [])
         finish = finish_of(chunk) or finish
         usage = chunk.get("usage") or usage
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        message["content"] = message["content"] or None  # as OpenAI answers a tool call
     out: dict[str, Any] = {
         "id": first.get("id", "chatcmpl-router"), "object": "chat.completion",
         "created": first.get("created", 0), "model": first.get("model", ""),
@@ -204,6 +209,21 @@ def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def _fold_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[Any]) -> None:
+    """Add tool-call deltas (id and name once, arguments in pieces) to the calls by index."""
+    for delta in deltas:
+        if not isinstance(delta, dict):
+            continue
+        index, function = delta.get("index"), delta.get("function")
+        call = calls.setdefault(index if isinstance(index, int) else 0, {
+            "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = delta.get("id") or call["id"]
+        call["type"] = delta.get("type") or call["type"]
+        for key in ("name", "arguments"):
+            if isinstance(function, dict) and isinstance(function.get(key), str):
+                call["function"][key] += function[key]
 
 
 def chunks_of_completion(completion: dict[str, Any], backend: str) -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ continued the way vLLM, TGI and ai_space continue one: only a prefill that is th
 own answer can be continued, with the rest of that answer; any other prefill gets a 400 (it
 knows no other text), and `refuse_prefill` refuses every prefill, as several hosted models do.
 `reasoning` words go out as `reasoning_content` deltas before the answer, like a thinking model.
+With `tool_call` (a function name) the answer is a call of that function, `text` its arguments,
+sent as tool-call deltas, ending with `finish_reason: tool_calls`.
 
 Modes: ok, late_first (the first chunk after `delay_s`), stall (silent after `after` tokens),
 cut (the body ends after `after` tokens), malformed (a broken chunk after `after` tokens),
@@ -36,6 +38,7 @@ class StreamBackend:
     mode: str = "ok"
     text: str = " ".join(f"t{i}" for i in range(10))
     reasoning: str = ""
+    tool_call: str = ""
     after: int = 3
     every_s: float = 0.0
     delay_s: float = 0.0
@@ -135,6 +138,11 @@ class StreamBackend:
         if self.mode == "late_first":
             await self._hold(self.delay_s)
         await out(self._chunk({"role": "assistant", "content": ""}))
+        if self.tool_call:
+            finish = "tool_calls"
+            await out(self._chunk({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+                                                   "function": {"name": self.tool_call,
+                                                                "arguments": ""}}]}))
         for word in re.findall(r"\s*\S+", self.reasoning):
             await out(self._chunk({"reasoning_content": word}))
             if self.every_s:
@@ -151,7 +159,11 @@ class StreamBackend:
                     await out(b'data: {"error": {"message": "overloaded"}}\n\n')
                 await out(b"", more=False)
                 return
-            await out(self._chunk({"content": words[index]}))
+            if self.tool_call:
+                await out(self._chunk({"tool_calls": [{"index": 0, "function": {
+                    "arguments": words[index]}}]}))
+            else:
+                await out(self._chunk({"content": words[index]}))
             if self.every_s:
                 await self._hold(self.every_s)
         await out(self._chunk({}, finish))

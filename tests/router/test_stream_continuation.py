@@ -114,3 +114,46 @@ def test_an_undocumented_field_is_refused_by_name(make_main,
     assert answer.status_code == 400
     assert "best_guess" in answer.json()["error"]["message"]
     assert backends["space"].bodies == backends["worker"].bodies == []
+
+
+def test_a_tool_call_already_sent_is_restarted_after_the_marker(
+        make_main, backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN a Space that streams a tool call and is cut after 3 pieces of its arguments
+    WHEN the worker takes over THEN a tool-call delta cannot be continued: the worker gets the
+    request without a prefill, and its whole answer follows the marker, after the tool-call
+    deltas the client already has."""
+    backends["space"].mode, backends["space"].tool_call = "cut", "get_weather"
+    with _service(make_main, backends, hub) as service:
+        seen = read_stream(service)
+    sent_calls = [c for c in seen.chunks if c["choices"] and
+                  c["choices"][0]["delta"].get("tool_calls")]
+    assert len(sent_calls) == 4  # the call's name, then 3 pieces of its arguments
+    assert backends["worker"].bodies[-1]["messages"][-1]["role"] == "user"
+    assert (seen.text, seen.done) == (RESTART_MARKER + " ".join(f"t{i}" for i in range(10)),
+                                      True)
+
+
+def test_the_function_folds_a_streamed_tool_call(make_main,
+                                                 backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN the function (buffered) and a Space that answers with a streamed tool call
+    WHEN asked, streamed and not THEN the completion's message carries the whole call (name,
+    id, all its arguments) and `finish_reason: tool_calls`; nothing of it is dropped."""
+    import json
+
+    from router._do_event import FunctionContext
+    from tests.conftest import with_body
+
+    backends["space"].tool_call, backends["space"].text = "get_weather", '{"city": "Paris"}'
+    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url))
+    result = main(with_body("chat_completions_llm", {**ASK, "stream": False}),
+                  FunctionContext.with_timeout(28_000))
+    choice = json.loads(result["body"])["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [{"id": "call_0", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    streamed = main(with_body("chat_completions_llm", ASK), FunctionContext.with_timeout(28_000))
+    events = [json.loads(line[6:]) for line in streamed["body"].split("\n")
+              if line.startswith("data: {")]
+    calls = [e["choices"][0]["delta"]["tool_calls"] for e in events
+             if e["choices"] and e["choices"][0]["delta"].get("tool_calls")]
+    assert calls == [[{"index": 0, **choice["message"]["tool_calls"][0]}]]
