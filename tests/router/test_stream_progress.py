@@ -227,3 +227,26 @@ def test_a_backends_404_reaches_the_caller(make_main, backends: dict[str, Stream
                             json={**ASK, "stream": stream}, timeout=10)
     assert answer.status_code == 400
     assert backends["worker"].bodies == []
+
+
+def test_the_function_never_counts_a_producing_stream_cut_at_its_share(
+        make_main, backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN the function (buffered) with a 2 s deadline and a Space producing 25 words 0.1 s
+    apart, past its 1 s share WHEN asked three times (BREAKER_FAILURES) THEN the worker answers
+    each time within the deadline, and the Space's circuit is still closed: a stream still
+    producing when its time ran out is not a failure of that backend."""
+    import json
+
+    from router._do_event import FunctionContext
+    from tests.conftest import load_event
+
+    backends["space"].text, backends["space"].every_s = LONG, 0.1
+    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url,
+                                 ROUTER_DEADLINE_MS="2000", FALLBACK_RESERVE_MS="1000",
+                                 FIRST_TOKEN_TIMEOUT_MS="600", STREAM_STALL_TIMEOUT_MS="400"))
+    for _ in range(3):
+        result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+        assert result["headers"]["x-chat-backend"] == "worker"
+        assert json.loads(result["body"])["choices"][0]["message"]["content"] == FULL
+    states = json.loads(main(load_event("health"), FunctionContext.with_timeout(28_000))["body"])
+    assert states["backends"]["space"]["circuit"] == "closed"
