@@ -91,10 +91,15 @@ class RouterService:
                               scope.get("query_string", b"").decode("latin-1"))
         token = STREAMING.set(True)
         try:
-            response = await self.function.router().handle_async(request, self.timeout_ms)
+            answering = asyncio.create_task(
+                self.function.router().handle_async(request, self.timeout_ms))
         finally:
             STREAMING.reset(token)
-        await _send(send, response, receive=receive)
+        # A client that hangs up before the answer starts (a stream waiting for its first
+        # token, say) ends the work too: no backend keeps generating, no fallback starts.
+        if not await _unless_gone(answering, receive):
+            return
+        await _send(send, answering.result(), receive=receive)
 
     def _static(self, path: str) -> HttpResponse:
         if path in ("/", "/index.html") and (STATIC / "index.html").is_file():
@@ -120,6 +125,24 @@ async def _read_body(headers: dict[str, str], receive: Any) -> bytes | None:
             return bytes(body)
 
 
+async def _until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(work: asyncio.Task[Any], receive: Any) -> bool:
+    """Wait for `work`; cancel it if the client disconnects first. True when it finished."""
+    watcher = asyncio.create_task(_until_disconnect(receive))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(work, watcher, return_exceptions=True)
+    return not work.cancelled()
+
+
 async def _send(send: Any, response: HttpResponse, *, close: bool = False,
                 receive: Any = None) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
@@ -141,14 +164,11 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
                         "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     # The client hanging up cancels the relay at once, whatever the backend is doing (a
     # stalled backend sends no next chunk to notice it by): its stream closes, and no
     # fallback attempt starts for a client that has gone.
-    relaying, watcher = asyncio.create_task(pump()), asyncio.create_task(watch())
+    relaying, watcher = asyncio.create_task(pump()), asyncio.create_task(
+        _until_disconnect(receive))
     try:
         await asyncio.wait({relaying, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:

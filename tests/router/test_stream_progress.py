@@ -250,3 +250,28 @@ def test_the_function_never_counts_a_producing_stream_cut_at_its_share(
         assert json.loads(result["body"])["choices"][0]["message"]["content"] == FULL
     states = json.loads(main(load_event("health"), FunctionContext.with_timeout(28_000))["body"])
     assert states["backends"]["space"]["circuit"] == "closed"
+
+
+def test_a_client_that_hangs_up_before_the_first_token_ends_the_work(
+        make_main, backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN a Space that is silent for 2 s before its first token WHEN the client hangs up
+    once the Space has the request (no headers have reached it yet) THEN the Space's stream is
+    closed within 0.3 s, and the worker is never asked, not even after the 0.6 s first-token
+    limit has passed."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    backends["space"].mode, backends["space"].delay_s = "late_first", 2.0
+    with _service(make_main, backends, hub) as service:
+        url = urlsplit(f"{service.function_url}/v1/chat/completions")
+        body = json.dumps(ASK).encode()
+        with socket.create_connection((url.hostname or "", url.port or 80)) as sock:
+            sock.sendall(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                         "Content-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert backends["space"].requested.wait(5.0)
+        left = time.monotonic()
+        assert backends["space"].dropped.wait(2.0)
+        assert time.monotonic() - left < 0.3
+        assert not backends["worker"].requested.wait(1.0)
