@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
 from ai_space.config import Settings
-from ai_space.engine import ChatFormat, Engine
+from ai_space.engine import ChatFormat, Engine, continues_final
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
 from ai_space.sse import ChatStream, collect
@@ -82,6 +82,13 @@ def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
         # that is the caller's input, so a 400 with the template's own words. Anything else
         # is ours and becomes a 500 without its text (ai_space/errors.py).
         raise BadRequest(f"messages do not fit the model's chat template: {exc.message}",
+                         code="invalid_messages") from None
+    except ValueError as exc:
+        if not continues_final(turns):
+            raise  # not the caller's prefill: ours, a 500 without its text
+        # A trailing assistant message that the template does not reproduce cannot be
+        # continued (transformers raises the same for continue_final_message).
+        raise BadRequest(f"the final assistant message cannot be continued: {exc}",
                          code="invalid_messages") from None
 
 

@@ -245,8 +245,8 @@ class OpenStream:
         except httpx.HTTPError as exc:
             raise translate_httpx_error(exc, self.name) from None
 
-    async def chunks(self, limits: StreamLimits, *, started: float, end: float
-                     ) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self, limits: StreamLimits, *, started: float, end: float,
+                     first_by: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """The checked chunks (see `stream_read.read_chunks`)."""
         if self.payload is not None:
             from router._stream_read import chunks_of_completion
@@ -255,7 +255,7 @@ class OpenStream:
                 yield chunk
             return
         async for chunk in read_chunks(self._body, self.name, limits, started=started,
-                                       end=end, parser=self.parser):
+                                       end=end, first_by=first_by, parser=self.parser):
             yield chunk
 
     async def finish(self) -> dict[str, Any] | None:

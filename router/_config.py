@@ -70,6 +70,8 @@ class Settings(BaseModel):
 
     # Deadlines, in milliseconds.
     router_deadline_ms: PositiveMs = 25_000
+    # The service's true streams (no platform cut): long enough for a long answer on a slow GPU.
+    stream_deadline_ms: PositiveMs = 300_000
     min_deadline_ms: PositiveMs = 1_000
     deadline_margin_ms: int = Field(default=500, ge=0, le=MAX_MS)
     fallback_reserve_ms: int = Field(default=8_000, ge=0, le=MAX_MS)

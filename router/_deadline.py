@@ -18,6 +18,8 @@ class Deadline:
         self.shortened = shortened
         self.started = clock()
         self.end = self.started + self.budget_s
+        # The caller's own `X-Chat-Deadline-Ms`, in seconds, when it sent one.
+        self.requested_s: float | None = None
 
     def remaining(self) -> float:
         """Seconds left, never negative."""
@@ -44,4 +46,16 @@ class Deadline:
             wanted = max(float(requested_ms), float(floor_ms))
             shortened = wanted < budget_ms
             budget_ms = min(budget_ms, wanted)
-        return cls(budget_ms / 1000.0, shortened=shortened)
+        deadline = cls(budget_ms / 1000.0, shortened=shortened)
+        deadline.requested_s = None if requested_ms is None else max(requested_ms, floor_ms) / 1e3
+        return deadline
+
+    def stretched_to(self, budget_s: float) -> Deadline:
+        """The same request's deadline with `budget_s` from its start, as the service gives a
+        true stream (no platform cuts it); a caller's own shorter header still holds."""
+        wanted = budget_s if self.requested_s is None else min(budget_s, self.requested_s)
+        stretched = Deadline(wanted, self._clock, shortened=wanted < budget_s)
+        stretched.started = self.started
+        stretched.end = self.started + stretched.budget_s
+        stretched.requested_s = self.requested_s
+        return stretched

@@ -27,6 +27,7 @@ from router._schema import (
     ChatMessage,
     ChatRequest,
     EmbeddingsRequest,
+    check_fields,
     check_inputs,
     check_messages,
     clamp_tokens,
@@ -180,8 +181,11 @@ class Endpoints:
     async def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
         chat = validate(ChatRequest, parse_json(request.body))
+        check_fields(chat)
         if chat.stream and STREAMING.get():
-            return await self._chat_stream(chat, request.subject, deadline)
+            # The service streams for real and no platform cuts it: its own, longer deadline.
+            stream_deadline = deadline.stretched_to(self.settings.stream_deadline_ms / 1000.0)
+            return await self._chat_stream(chat, request.subject, stream_deadline)
         outcome, decision = await self._chat(chat, request.subject, deadline)
         headers = outcome_headers(outcome, decision)
         if not chat.stream:

@@ -30,14 +30,16 @@ from router._errors import (
 )
 from router._quota import SpaceBudget
 from router._retry import Attempt, call_with_retries
-from router._stream_read import StreamLimits, completion_from_chunks
+from router._stream_read import StreamLimits, StreamOutOfTime, completion_from_chunks
 from router._wake import SpaceWaker
 
 # Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
 WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavailable",
                           "circuit_open"})
-# A backend's 4xx that is the caller's fault: answering it from another backend would not help.
-CALLER_FAULT = frozenset({400, 413, 422})
+# A backend's 4xx that is the caller's fault: answering it from another backend would not help,
+# so it reaches the caller (a 404 too: a model or route the caller named). Not among them: 401
+# and 403 (our own token for that backend is wrong), 408 and 429 (the backend's state).
+CALLER_FAULT = frozenset(set(range(400, 500)) - {401, 403, 408, 429})
 # A provider's 400 that another backend (with a larger context window) may not give.
 CONTEXT_TOO_LONG = "context_length_exceeded"
 
@@ -70,11 +72,12 @@ def counts_against(exc: BackendError, deadline: Deadline) -> bool:
     """Whether a failed attempt is evidence against the backend (for its breaker and a wake).
 
     A timeout is not when the caller's own short deadline cut the attempt's budget, nor when
-    no time was left to make the attempt at all: otherwise any caller could open a healthy
-    backend's circuit for everyone.
+    no time was left to make the attempt at all, nor when the backend was still producing as
+    the time ran out: otherwise any caller, or any long answer, could open a healthy backend's
+    circuit for everyone.
     """
-    if isinstance(exc, NoTimeLeft):
-        return False
+    if isinstance(exc, NoTimeLeft | StreamOutOfTime):
+        return False  # no time to try, or still producing when the time ran out
     return not (isinstance(exc, BackendTimeout) and deadline.shortened)
 
 

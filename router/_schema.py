@@ -13,32 +13,54 @@ from router._errors import BadRequest
 M = TypeVar("M", bound=BaseModel)
 
 
-class TextPart(BaseModel):
-    """One part of a multi-part message; only text is supported."""
+# Every chat-completions field OpenAI documents that the router does not own itself: each goes
+# to the backend exactly as the caller sent it. The router owns `model`, `messages`, `n`,
+# `stream`, `stream_options` and the token limits, and checks them; any other field is refused
+# by name (nothing is dropped silently).
+PASSED_FIELDS = frozenset({
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "metadata", "modalities", "moderation", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
+    "store", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+    "verbosity", "web_search_options",
+})
 
-    model_config = ConfigDict(extra="ignore")
+
+class TextPart(BaseModel):
+    """One part of a multi-part message; only text is supported. Other keys pass unchanged."""
+
+    model_config = ConfigDict(extra="allow")
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    """One OpenAI chat message."""
+    """One OpenAI chat message; its other keys (`tool_calls`, `tool_call_id`, `name`, ...)
+    pass to the backend unchanged."""
 
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
 
     def text(self) -> str:
         """The message's text, parts joined."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def upstream(self) -> dict[str, Any]:
+        """The message as the caller sent it."""
+        return self.model_dump(exclude_unset=True)
+
 
 class ChatRequest(BaseModel):
-    """The OpenAI chat-completions request, as far as the router forwards it."""
+    """The OpenAI chat-completions request: the fields the router checks, and every other
+    documented one (`PASSED_FIELDS`), kept to be forwarded unchanged."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str = "auto"
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -55,11 +77,16 @@ class ChatRequest(BaseModel):
         """The caller's token cap, whichever field it used."""
         return self.max_completion_tokens or self.max_tokens
 
+    def unsupported(self) -> list[str]:
+        """The fields sent that OpenAI does not document for chat completions."""
+        return sorted(set(self.model_extra or {}) - PASSED_FIELDS)
+
     def upstream_body(self, model: str, max_tokens: int) -> dict[str, Any]:
-        """The body sent to a backend: known fields only, never streamed (we buffer)."""
+        """The body sent to a backend: the messages and every documented field as the caller
+        sent them, our model name and token limit; never streamed (the caller streams)."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": m.role, "content": m.text()} for m in self.messages],
+            "messages": [m.upstream() for m in self.messages],
             "max_tokens": max_tokens,
             "stream": False,
         }
@@ -67,7 +94,17 @@ class ChatRequest(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
+        body.update((name, value) for name, value in (self.model_extra or {}).items()
+                    if name in PASSED_FIELDS)
         return body
+
+
+def check_fields(request: ChatRequest) -> None:
+    """A 400 naming the first field the router would otherwise have to drop."""
+    unsupported = request.unsupported()
+    if unsupported:
+        raise BadRequest(f"unsupported parameter '{unsupported[0][:64]}': not an OpenAI "
+                         "chat-completions field", code="unsupported_parameter")
 
 
 class EmbeddingsRequest(BaseModel):

@@ -29,6 +29,13 @@ def completion_to_sse(completion: dict[str, Any], *, include_usage: bool) -> str
         _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                      "finish_reason": None}]}),
     ]
+    if message.get("reasoning_content"):
+        parts.append(_event({**base, "choices": [{"index": 0, "delta": {
+            "reasoning_content": message["reasoning_content"]}, "finish_reason": None}]}))
+    if message.get("tool_calls"):
+        calls = [{"index": index, **call} for index, call in enumerate(message["tool_calls"])]
+        parts.append(_event({**base, "choices": [{"index": 0, "delta": {"tool_calls": calls},
+                                                  "finish_reason": None}]}))
     if content:
         parts.append(_event({**base, "choices": [{"index": 0, "delta": {"content": content},
                                                   "finish_reason": None}]}))

@@ -25,6 +25,11 @@ class StreamStalled(BackendTimeout):
     """No first content, or no next chunk, within its limit."""
 
 
+class StreamOutOfTime(BackendTimeout):
+    """The stream was still producing when its time ran out: the caller's deadline (or, on
+    the function's buffered path, the attempt's share). Never evidence against the backend."""
+
+
 class StreamErrorEvent(BackendUnavailable):
     """The backend sent an `{"error": ...}` event inside the stream."""
 
@@ -76,16 +81,32 @@ def check_chunk(data: str, backend: str) -> dict[str, Any] | None:
         raise BackendProtocolError(f"{backend}: stream chunk without choices", backend=backend)
     for choice in choices:
         delta = choice.get("delta", {})
-        if not isinstance(delta, dict) or not isinstance(delta.get("content"), str | None):
+        if not isinstance(delta, dict) or not isinstance(delta.get("content"), str | None) \
+                or not isinstance(delta.get("reasoning_content"), str | None) \
+                or not isinstance(delta.get("tool_calls"), list | None):
             raise BackendProtocolError(f"{backend}: malformed stream delta", backend=backend)
     checked: dict[str, Any] = chunk
     return checked
 
 
+def delta_of(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The chunk's first delta (empty when it has none)."""
+    choices = chunk.get("choices") or [{}]
+    delta = choices[0].get("delta")
+    return delta if isinstance(delta, dict) else {}
+
+
 def content_of(chunk: dict[str, Any]) -> str:
     """The text a chunk adds."""
-    choices = chunk.get("choices") or [{}]
-    return str((choices[0].get("delta") or {}).get("content") or "")
+    return str(delta_of(chunk).get("content") or "")
+
+
+def makes_progress(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk shows the backend producing: content, reasoning or a tool-call delta,
+    or the finish_reason. A role-only or empty chunk does not."""
+    delta = delta_of(chunk)
+    return bool(delta.get("content") or delta.get("reasoning_content")
+                or delta.get("tool_calls") or finish_of(chunk))
 
 
 def finish_of(chunk: dict[str, Any]) -> str | None:
@@ -96,24 +117,32 @@ def finish_of(chunk: dict[str, Any]) -> str | None:
 
 
 async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLimits, *,
-                      started: float, end: float, parser: SseParser | None = None
-                      ) -> AsyncIterator[dict[str, Any]]:
+                      started: float, end: float, first_by: float | None = None,
+                      parser: SseParser | None = None) -> AsyncIterator[dict[str, Any]]:
     """Yield each checked chunk as it arrives, up to and including the one with the
     `finish_reason` (then stop at once: no wait for a `[DONE]` that may never come).
 
-    `started` and `end` are on the loop's clock: the request's start, and the attempt's end.
-    Each read has its own limit, so no timer runs while the caller handles a chunk.
+    A stream is judged by its progress: before its first content (reasoning and tool-call
+    deltas count) it has the first-token limit, and no more than `first_by`, the end of its
+    share; once producing, each chunk has the stall limit, up to `end`. All three are on the
+    loop's clock. Running into `end` while producing is `StreamOutOfTime`, not a stall. Each
+    read has its own limit, so no timer runs while the caller handles a chunk.
     """
     loop = asyncio.get_running_loop()
     parser = parser or SseParser()
     seen_content = False
+    first_end = end if first_by is None else min(first_by, end)
     while True:
         if seen_content:
             read_by, what = loop.time() + limits.stall_s, "stalled"
+            out_of_time = end < read_by
+            read_by = min(read_by, end)
         else:
-            read_by, what = started + limits.first_token_s, "no first token in time"
+            read_by, what = min(started + limits.first_token_s, first_end), \
+                "no first token in time"
+            out_of_time = False
         try:
-            async with asyncio.timeout_at(min(read_by, end)):
+            async with asyncio.timeout_at(read_by):
                 data = await anext(body)
         except StopAsyncIteration:
             if parser.partial():  # a chunk cut in the middle: never passed on
@@ -122,13 +151,16 @@ async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLi
             raise StreamCut(f"{backend}: stream ended without a finish_reason",
                             backend=backend) from None
         except TimeoutError:
+            if out_of_time:
+                raise StreamOutOfTime(f"{backend}: out of time while producing",
+                                      backend=backend) from None
             raise StreamStalled(f"{backend}: stream {what}", backend=backend) from None
         events = parser.feed(data)
         for index, event in enumerate(events):
             chunk = check_chunk(event, backend)
             if chunk is None:
                 raise StreamCut(f"{backend}: [DONE] without a finish_reason", backend=backend)
-            seen_content = seen_content or bool(content_of(chunk)) or bool(finish_of(chunk))
+            seen_content = seen_content or makes_progress(chunk)
             yield chunk
             if finish_of(chunk):
                 parser.rest = events[index + 1:]
@@ -151,23 +183,47 @@ def usage_in(events: Iterable[str]) -> dict[str, Any] | None:
 def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Fold checked chunks into one `chat.completion` object."""
     text: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     first: dict[str, Any] = {}
     finish = "stop"
     usage = None
     for chunk in chunks:
         first = first or chunk
         text.append(content_of(chunk))
+        reasoning.append(str(delta_of(chunk).get("reasoning_content") or ""))
+        _fold_tool_calls(calls, delta_of(chunk).get("tool_calls") or [])
         finish = finish_of(chunk) or finish
         usage = chunk.get("usage") or usage
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+    if any(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        message["content"] = message["content"] or None  # as OpenAI answers a tool call
     out: dict[str, Any] = {
         "id": first.get("id", "chatcmpl-router"), "object": "chat.completion",
         "created": first.get("created", 0), "model": first.get("model", ""),
-        "choices": [{"index": 0, "finish_reason": finish,
-                     "message": {"role": "assistant", "content": "".join(text)}}],
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
     }
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def _fold_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[Any]) -> None:
+    """Add tool-call deltas (id and name once, arguments in pieces) to the calls by index."""
+    for delta in deltas:
+        if not isinstance(delta, dict):
+            continue
+        index, function = delta.get("index"), delta.get("function")
+        call = calls.setdefault(index if isinstance(index, int) else 0, {
+            "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = delta.get("id") or call["id"]
+        call["type"] = delta.get("type") or call["type"]
+        for key in ("name", "arguments"):
+            if isinstance(function, dict) and isinstance(function.get(key), str):
+                call["function"][key] += function[key]
 
 
 def chunks_of_completion(completion: dict[str, Any], backend: str) -> list[dict[str, Any]]:

@@ -116,10 +116,15 @@ class RouterService:
             return
         token = STREAMING.set(True)
         try:
-            response = await router.handle_async(replace(verdict, body=body), self.timeout_ms)
+            answering = asyncio.create_task(
+                router.handle_async(replace(verdict, body=body), self.timeout_ms))
         finally:
             STREAMING.reset(token)
-        await _send(send, response, receive=receive)
+        # A client that hangs up before the answer starts (a stream waiting for its first
+        # token, say) ends the work too: no backend keeps generating, no fallback starts.
+        if not await _unless_gone(answering, receive):
+            return
+        await _send(send, answering.result(), receive=receive)
 
     @staticmethod
     def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
@@ -157,6 +162,24 @@ async def _read_body(receive: Any, limit: int) -> bytes | None:
             return bytes(body)
 
 
+async def _until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(work: asyncio.Task[Any], receive: Any) -> bool:
+    """Wait for `work`; cancel it if the client disconnects first. True when it finished."""
+    watcher = asyncio.create_task(_until_disconnect(receive))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+        await asyncio.gather(work, watcher, return_exceptions=True)
+    return not work.cancelled()
+
+
 async def _send(send: Any, response: HttpResponse, *, close: bool = False,
                 receive: Any = None) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
@@ -170,24 +193,25 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
         await send({"type": "http.response.body", "body": data})
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    gone = asyncio.Event()
-
-    async def watch() -> None:
-        # The client hanging up ends the relay, and so the backend's stream.
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    watcher = asyncio.create_task(watch())
     stream = response.stream
-    try:
+
+    async def pump() -> None:
         async for text in stream:
-            if gone.is_set():
-                break
             await send({"type": "http.response.body", "body": text.encode("utf-8"),
                         "more_body": True})
-        if not gone.is_set():
-            await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": b""})
+
+    # The client hanging up cancels the relay at once, whatever the backend is doing (a
+    # stalled backend sends no next chunk to notice it by): its stream closes, and no
+    # fallback attempt starts for a client that has gone.
+    relaying, watcher = asyncio.create_task(pump()), asyncio.create_task(
+        _until_disconnect(receive))
+    try:
+        await asyncio.wait({relaying, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for task in (relaying, watcher):
+            task.cancel()
+        await asyncio.gather(relaying, watcher, return_exceptions=True)
         await stream.aclose()  # type: ignore[attr-defined]
+    if relaying.done() and not relaying.cancelled():
+        relaying.result()  # a failure of the relay itself is raised, never swallowed

@@ -13,6 +13,8 @@ import jinja2
 import llama_cpp
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ai_space.engine import continues_final, cut_after_final
+
 log = logging.getLogger("ai_space")
 
 _backend_ready = False
@@ -140,7 +142,12 @@ class GGUFChatModel:
         return self.vocab.piece(int(value)) if value is not None and value.isdigit() else ""
 
     def prompt_text(self, turns: list[dict[str, str]]) -> str:
-        """The chat template applied to the turns, ready for the assistant's answer."""
+        """The chat template applied to the turns, ready for the assistant's answer: a new
+        turn, or the continuation of a trailing assistant message (a prefill)."""
+        if continues_final(turns):
+            rendered = self.template.render(messages=turns, add_generation_prompt=False,
+                                            **self._specials)
+            return cut_after_final(rendered, turns[-1]["content"])
         return self.template.render(messages=turns, add_generation_prompt=True,
                                     **self._specials)
 

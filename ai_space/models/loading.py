@@ -10,6 +10,7 @@ import torch
 
 from ai_space.cpus import has_avx512_bf16
 from ai_space.embeddings import Embedder, max_seq_length
+from ai_space.engine import continues_final
 from ai_space.models.packaged import Source, resolve
 
 log = logging.getLogger("ai_space")
@@ -32,9 +33,12 @@ class ChatModel:
     eos_ids: frozenset[int]
 
     def prompt_ids(self, turns: list[dict[str, str]]) -> list[int]:
-        """Format turns with the tokenizer's chat template and tokenize them."""
+        """Format turns with the tokenizer's chat template and tokenize them; a trailing
+        assistant message is continued, as vLLM and TGI do."""
+        prefill = continues_final(turns)
         text = self.tokenizer.apply_chat_template(turns, tokenize=False,
-                                                  add_generation_prompt=True)
+                                                  add_generation_prompt=not prefill,
+                                                  continue_final_message=prefill)
         # The template already places BOS and role markers; don't add them twice.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

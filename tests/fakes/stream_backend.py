@@ -1,8 +1,14 @@
 """A streaming OpenAI-style backend over loopback that breaks its streams on purpose.
 
-Every answer is the same `tokens` words ("t0 t1 ... t9"), one chunk each, `every_s` apart, so a
-continuation from another backend can be checked word for word. A request whose last message is
-the assistant's (a prefill) continues after the words it already holds, unless `refuse_prefill`.
+It behaves like a deterministic (greedy) model whose answer to every request is `text`, sent
+one word (with its leading space) per chunk, `every_s` apart, at most `max_tokens` chunks
+(then `finish_reason: length`). A request whose last message is the assistant's (a prefill) is
+continued the way vLLM, TGI and ai_space continue one: only a prefill that is the start of its
+own answer can be continued, with the rest of that answer; any other prefill gets a 400 (it
+knows no other text), and `refuse_prefill` refuses every prefill, as several hosted models do.
+`reasoning` words go out as `reasoning_content` deltas before the answer, like a thinking model.
+With `tool_call` (a function name) the answer is a call of that function, `text` its arguments,
+sent as tool-call deltas, ending with `finish_reason: tool_calls`.
 
 Modes: ok, late_first (the first chunk after `delay_s`), stall (silent after `after` tokens),
 cut (the body ends after `after` tokens), malformed (a broken chunk after `after` tokens),
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +36,9 @@ class StreamBackend:
 
     name: str
     mode: str = "ok"
-    tokens: int = 10
+    text: str = " ".join(f"t{i}" for i in range(10))
+    reasoning: str = ""
+    tool_call: str = ""
     after: int = 3
     every_s: float = 0.0
     delay_s: float = 0.0
@@ -40,6 +49,7 @@ class StreamBackend:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     dropped: threading.Event = field(default_factory=threading.Event)  # a client hung up
     released: threading.Event = field(default_factory=threading.Event)
+    requested: threading.Event = field(default_factory=threading.Event)  # a request came in
 
     def release(self) -> None:
         """Let every held stream end (teardown)."""
@@ -63,6 +73,7 @@ class StreamBackend:
         raw, _ = await read_request(scope, receive)
         body = json.loads(raw or b"{}")
         self.bodies.append(body)
+        self.requested.set()
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -91,15 +102,21 @@ class StreamBackend:
         await send({"type": "http.response.body", "body": raw})
 
     async def _answer(self, body: dict[str, Any], send: Any) -> None:
-        words = [f"t{i}" for i in range(self.tokens)]
+        words = re.findall(r"\s*\S+", self.text)
         messages = body.get("messages") or []
         start = 0
         if messages and messages[-1].get("role") == "assistant":
-            if self.refuse_prefill:
-                await self._json(send, 400, {"error": {"message": "no prefill",
+            prefill = str(messages[-1].get("content") or "")
+            if self.refuse_prefill or not self.text.startswith(prefill):
+                await self._json(send, 400, {"error": {"message": "cannot continue this prefill",
                                                        "code": "invalid_request"}})
                 return
-            start = len(messages[-1]["content"].split())
+            rest = re.findall(r"\s*\S+", self.text[len(prefill):])
+            start = len(words) - len(rest)
+            words = words[:start] + rest
+        budget = int(body.get("max_completion_tokens") or body.get("max_tokens") or 10_000)
+        finish = "stop" if len(words) - start <= budget else "length"
+        words = words[:start + budget]
         if self.mode.startswith("status:"):
             await self._json(send, int(self.mode.split(":")[1]), {"error": {"message": "x"}})
             return
@@ -109,8 +126,8 @@ class StreamBackend:
         if self.mode == "json" or not (body.get("stream") or self.force_stream):
             await self._json(send, 200, {
                 "id": f"chatcmpl-{self.name}", "object": "chat.completion", "created": 1,
-                "model": self.name, "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": " ".join(words)}}]})
+                "model": self.name, "choices": [{"index": 0, "finish_reason": finish, "message": {
+                    "role": "assistant", "content": "".join(words[start:])}}]})
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -121,7 +138,16 @@ class StreamBackend:
         if self.mode == "late_first":
             await self._hold(self.delay_s)
         await out(self._chunk({"role": "assistant", "content": ""}))
-        for index in range(start, self.tokens):
+        if self.tool_call:
+            finish = "tool_calls"
+            await out(self._chunk({"tool_calls": [{"index": 0, "id": "call_0", "type": "function",
+                                                   "function": {"name": self.tool_call,
+                                                                "arguments": ""}}]}))
+        for word in re.findall(r"\s*\S+", self.reasoning):
+            await out(self._chunk({"reasoning_content": word}))
+            if self.every_s:
+                await self._hold(self.every_s)
+        for index in range(start, len(words)):
             if index - start == self.after and self.mode in ("stall", "cut", "malformed",
                                                               "error_event"):
                 if self.mode == "stall":
@@ -133,11 +159,19 @@ class StreamBackend:
                     await out(b'data: {"error": {"message": "overloaded"}}\n\n')
                 await out(b"", more=False)
                 return
-            text = words[index] if index == 0 else " " + words[index]
-            await out(self._chunk({"content": text}))
+            if self.tool_call:
+                await out(self._chunk({"tool_calls": [{"index": 0, "function": {
+                    "arguments": words[index]}}]}))
+            else:
+                await out(self._chunk({"content": words[index]}))
             if self.every_s:
-                await asyncio.sleep(self.every_s)
-        await out(self._chunk({}, "stop"))
+                await self._hold(self.every_s)
+        await out(self._chunk({}, finish))
+        if body.get("stream_options", {}).get("include_usage"):
+            usage = {"prompt_tokens": 5, "completion_tokens": len(words) - start,
+                     "total_tokens": 5 + len(words) - start}
+            tail = {"id": f"chatcmpl-{self.name}", "choices": [], "usage": usage}
+            await out(f"data: {json.dumps(tail)}\n\n".encode())
         if self.mode == "no_done":
             await self._hold(60)
         else:
