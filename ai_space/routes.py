@@ -18,6 +18,7 @@ from ai_space.config import Settings
 from ai_space.engine import ChatFormat, Engine
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
+from ai_space.request_fields import check_fields
 from ai_space.sse import ChatStream, collect
 
 log = logging.getLogger("ai_space")
@@ -89,8 +90,9 @@ def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
     "content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: schema.ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions, streamed as SSE or answered whole."""
-    settings = _settings(request)
-    chat, batcher = _ready(_host(request))
+    settings, host = _settings(request), _host(request)
+    chat, batcher = _ready(host)
+    check_fields(body, host.engine)
     prompt_ids = await run_in_threadpool(_prompt, chat, body)
     if len(prompt_ids) > settings.max_input_tokens:
         raise BadRequest(f"prompt is {len(prompt_ids)} tokens; the limit is "

@@ -1,0 +1,111 @@
+"""Which OpenAI chat-completions request fields each engine honours, and a 400 for the rest.
+
+A field that changes the answer is either served or refused by name (400
+`unsupported_parameter`, `param` naming it): a client that asked for tool calls, JSON or
+log-probabilities must never get a 200 that quietly did without them. Fields that only carry
+bookkeeping for OpenAI's own platform (`user`, `metadata`, ...) change nothing in an answer
+and are accepted. A field OpenAI does not document is refused too, as OpenAI refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ai_space.engine import EngineName
+from ai_space.errors import Unsupported
+from ai_space.schema import ChatCompletionRequest
+
+# Served by both engines (validated in schema.py).
+SERVED = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "stream", "stream_options", "stop", "seed", "n",
+})
+# Served by the llama.cpp engine only: logits are in numpy there, and llama.cpp's grammar
+# sampler constrains JSON (ai_space/llama/constraints.py).
+LLAMA_ONLY = frozenset({
+    "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
+    "response_format",
+})
+# Bookkeeping for OpenAI's platform (storage, caching, abuse tracking, billing tiers): they
+# never change the text of an answer, so accepting them drops nothing a caller would miss.
+BOOKKEEPING = frozenset({
+    "user", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+    "prompt_cache_options", "store", "service_tier", "parallel_tool_calls", "modalities",
+})
+# Documented features no engine here has: the reason goes into the 400's message.
+REFUSED = {
+    "tools": "the models here are not served with tool calling",
+    "tool_choice": "the models here are not served with tool calling",
+    "functions": "the models here are not served with function calling",
+    "function_call": "the models here are not served with function calling",
+    "audio": "text output only",
+    "prediction": "predicted outputs are not implemented",
+    "web_search_options": "no web search",
+    "moderation": "no moderation runs here",
+    "reasoning_effort": "the models here are not reasoning models",
+    "verbosity": "answer length is set by max_tokens only",
+}
+DOCUMENTED = SERVED | LLAMA_ONLY | BOOKKEEPING | frozenset(REFUSED)
+
+_TRANSFORMERS_WHY = "the transformers engine does not serve it (the llama.cpp engine does)"
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+# Values that ask for nothing beyond what every answer already is; any other value is refused.
+_HARMLESS: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
+    "n": lambda v, _: v == 1,
+    "store": lambda v, _: v is False,
+    "service_tier": lambda v, _: v in {"auto", "default"},
+    "modalities": lambda v, _: v == ["text"],
+    "reasoning_effort": lambda v, _: v == "none",
+    "tools": lambda v, _: v == [],
+    "functions": lambda v, _: v == [],
+    # "none", or "auto" with no tools to choose from, both mean a plain text answer.
+    "tool_choice": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("tools"))),
+    "function_call": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("functions"))),
+}
+
+# On the transformers engine, values that leave sampling as it is.
+_TRANSFORMERS_HARMLESS: dict[str, Callable[[Any], bool]] = {
+    "logprobs": lambda v: v is False,
+    "top_logprobs": lambda v: v == 0,
+    "presence_penalty": lambda v: v == 0,
+    "frequency_penalty": lambda v: v == 0,
+    "logit_bias": lambda v: v == {},
+    "response_format": lambda v: v.type == "text",
+}
+
+
+def _why_refused(name: str, value: Any, fields: dict[str, Any], engine: EngineName) -> str | None:
+    if name not in DOCUMENTED:
+        return "not an OpenAI chat completions field"
+    harmless = _HARMLESS.get(name)
+    if harmless is not None:
+        if harmless(value, fields):
+            return None
+        if name == "n":
+            return "one choice per request (n=1)"
+        return REFUSED.get(name, f"only the default value is served, not {value!r}")
+    if name in REFUSED:
+        return REFUSED[name]
+    if name in LLAMA_ONLY and engine != "llama.cpp" and not _TRANSFORMERS_HARMLESS[name](value):
+        return _TRANSFORMERS_WHY
+    return None
+
+
+def check_fields(body: ChatCompletionRequest, engine: EngineName) -> None:
+    """Raise Unsupported for the first field this engine cannot honour; null means absent."""
+    fields = {name: getattr(body, name) for name in body.model_fields_set
+              if name in type(body).model_fields}
+    fields.update(body.model_extra or {})
+    for name in sorted(fields):
+        value = fields[name]
+        if value is None:
+            continue
+        why = _why_refused(name, value, fields, engine)
+        if why is not None:
+            raise Unsupported(name, why)

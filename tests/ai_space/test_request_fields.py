@@ -1,0 +1,106 @@
+"""Every OpenAI chat-completions field is honoured or refused by name, never dropped: the
+transformers engine (tiny model), through the real openai client."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam, completion_create_params
+
+from ai_space.request_fields import DOCUMENTED
+from tests.support.loopback import LoopbackServer
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello world"}]
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                         "parameters": {"type": "object", "properties": {
+                                             "city": {"type": "string"}}}}}
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
+    "additionalProperties": False}}}
+
+# (field sent, its value): each asks for something the transformers engine does not do.
+REFUSED: list[tuple[str, Any]] = [
+    ("tools", [TOOL]),
+    ("tool_choice", "required"),
+    ("functions", [TOOL["function"]]),
+    ("function_call", {"name": "get_weather"}),
+    ("n", 2),
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("modalities", ["text", "audio"]),
+    ("prediction", {"type": "content", "content": "hello"}),
+    ("reasoning_effort", "low"),
+    ("verbosity", "low"),
+    ("web_search_options", {}),
+    ("store", True),
+    ("service_tier", "priority"),
+    ("logit_bias", {"5": 10}),
+    ("logprobs", True),
+    ("presence_penalty", 0.5),
+    ("frequency_penalty", 0.5),
+    ("response_format", {"type": "json_object"}),
+    ("response_format", SCHEMA),
+    ("top_k", 5),  # a vendor extension, not an OpenAI field
+]
+# Fields whose values ask for nothing beyond a plain answer, or are bookkeeping only.
+ACCEPTED: dict[str, Any] = {
+    "user": "u-1", "metadata": {"app": "test"}, "safety_identifier": "s-1",
+    "prompt_cache_key": "k", "store": False, "service_tier": "auto", "n": 1,
+    "modalities": ["text"], "tool_choice": "none", "parallel_tool_calls": True,
+    "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {},
+    "response_format": {"type": "text"}, "seed": 3, "stop": ["zzz"], "tools": [],
+}
+
+
+@pytest.fixture
+def client(tiny_server: LoopbackServer, make_client: Callable[..., openai.OpenAI]
+           ) -> openai.OpenAI:
+    """An openai client pointed at the tiny transformers server."""
+    return make_client(tiny_server.url)
+
+
+def test_the_table_covers_every_field_the_openai_client_sends() -> None:
+    """GIVEN the installed openai client's chat-completions parameters WHEN compared with the
+    server's table THEN each is listed as served, bookkeeping or refused (a field added to
+    the client must be decided on, not silently dropped)."""
+    sent = set(typing.get_type_hints(completion_create_params.CompletionCreateParamsBase))
+    assert sent - DOCUMENTED == set()
+
+
+@pytest.mark.parametrize(("field", "value"), REFUSED, ids=[f"{f}-{i}" for i, (f, _) in
+                                                            enumerate(REFUSED)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_unhonoured_fields_are_refused_by_name(client: openai.OpenAI, field: str, value: Any,
+                                               stream: bool) -> None:
+    """GIVEN the transformers engine WHEN a request asks for something it cannot do (tool
+    calls, JSON, logprobs, several choices, audio, an unknown field), streamed or not, THEN
+    the openai client raises BadRequestError with code unsupported_parameter and `param`
+    naming the field, instead of a 200 that ignored it."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="m", messages=HELLO, max_tokens=2, stream=stream,
+                                       extra_body={field: value})
+    error = caught.value
+    assert (error.code, error.param) == ("unsupported_parameter", field), error.body
+    assert field in error.message
+
+
+def test_harmless_fields_are_accepted(client: openai.OpenAI) -> None:
+    """GIVEN fields that carry bookkeeping or their default value WHEN sent together THEN the
+    answer is the same as without them."""
+    plain = client.chat.completions.create(model="m", messages=HELLO, max_tokens=6,
+                                           temperature=0)
+    answer = client.chat.completions.create(model="m", messages=HELLO, max_tokens=6,
+                                            temperature=0, extra_body=ACCEPTED)
+    assert answer.choices[0].message.content == plain.choices[0].message.content
+    assert answer.choices[0].logprobs is None
+
+
+def test_nulls_mean_absent(client: openai.OpenAI) -> None:
+    """GIVEN refused fields sent as JSON null WHEN asked THEN they count as not sent: 200."""
+    nulls = {field: None for field, _ in REFUSED}
+    answer = client.chat.completions.create(model="m", messages=HELLO, max_tokens=2,
+                                            extra_body=nulls)
+    assert answer.choices[0].message.content
