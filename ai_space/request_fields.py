@@ -97,8 +97,26 @@ def _why_refused(name: str, value: Any, fields: dict[str, Any], engine: EngineNa
     return None
 
 
+# Message keys besides role and content that are accepted: `name` tells participants apart,
+# but the chat templates here have no place for it; `annotations` (citations) are what the
+# openai client dumps back with an assistant turn. Any other key is refused unless null or
+# empty (the client dumps `tool_calls`, `audio`, `refusal` as null).
+_MESSAGE_ACCEPTED = frozenset({"name", "annotations"})
+
+
+def _check_messages(body: ChatCompletionRequest) -> None:
+    for i, message in enumerate(body.messages):
+        for key, value in sorted((message.model_extra or {}).items()):
+            if key not in _MESSAGE_ACCEPTED and not _empty(value):
+                why = ("the models here are not served with tool calling"
+                       if key in {"tool_calls", "function_call", "tool_call_id"}
+                       else "only text content is rendered into the prompt")
+                raise Unsupported(f"messages[{i}].{key}", why)
+
+
 def check_fields(body: ChatCompletionRequest, engine: EngineName) -> None:
     """Raise Unsupported for the first field this engine cannot honour; null means absent."""
+    _check_messages(body)
     fields = {name: getattr(body, name) for name in body.model_fields_set
               if name in type(body).model_fields}
     fields.update(body.model_extra or {})

@@ -25,7 +25,8 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     """One chat turn. `developer` is OpenAI's newer name for `system`."""
 
-    model_config = _LENIENT
+    # Kept, so a tool call or audio in a past turn is refused by name (request_fields.py).
+    model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 

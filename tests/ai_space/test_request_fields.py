@@ -104,3 +104,24 @@ def test_nulls_mean_absent(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(model="m", messages=HELLO, max_tokens=2,
                                             extra_body=nulls)
     assert answer.choices[0].message.content
+
+
+def test_message_fields_that_cannot_be_rendered_are_refused(client: openai.OpenAI) -> None:
+    """GIVEN an assistant turn that made a tool call (or carries audio) WHEN sent back THEN
+    unsupported_parameter naming that message's field; GIVEN a message as the openai client
+    dumps it (tool_calls, audio, refusal and function_call all null) and a `name` THEN 200."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    for key, value in (("tool_calls", [call]), ("audio", {"id": "a1"}),
+                       ("function_call", {"name": "f", "arguments": "{}"})):
+        turns: Any = [HELLO[0], {"role": "assistant", "content": "", key: value},
+                      {"role": "user", "content": "and?"}]
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="m", messages=turns, max_tokens=2)
+        assert (caught.value.code, caught.value.param) == ("unsupported_parameter",
+                                                           f"messages[1].{key}")
+    dumped: Any = [{"role": "user", "content": "hello world", "name": "ann"},
+                   {"role": "assistant", "content": "hi", "tool_calls": None, "audio": None,
+                    "refusal": None, "function_call": None, "annotations": []},
+                   {"role": "user", "content": "and?"}]
+    answer = client.chat.completions.create(model="m", messages=dumped, max_tokens=2)
+    assert answer.choices[0].message.content
