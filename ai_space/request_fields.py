@@ -16,17 +16,15 @@ from ai_space.engine import EngineName
 from ai_space.errors import Unsupported
 from ai_space.schema import ChatCompletionRequest
 
-# Served by both engines (validated in schema.py).
+# Served by both engines (validated in schema.py; logit shaping in ai_space/shaping.py and
+# ai_space/llama/constraints.py).
 SERVED = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-    "stream", "stream_options", "stop", "seed", "n",
+    "stream", "stream_options", "stop", "seed", "n", "logprobs", "top_logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias",
 })
-# Served by the llama.cpp engine only: logits are in numpy there, and llama.cpp's grammar
-# sampler constrains JSON (ai_space/llama/constraints.py).
-LLAMA_ONLY = frozenset({
-    "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
-    "response_format",
-})
+# Served by the llama.cpp engine only: llama.cpp's grammar sampler constrains JSON.
+LLAMA_ONLY = frozenset({"response_format"})
 # Bookkeeping for OpenAI's platform (storage, caching, abuse tracking, billing tiers): they
 # never change the text of an answer, so accepting them drops nothing a caller would miss.
 BOOKKEEPING = frozenset({
@@ -48,7 +46,8 @@ REFUSED = {
 }
 DOCUMENTED = SERVED | LLAMA_ONLY | BOOKKEEPING | frozenset(REFUSED)
 
-_TRANSFORMERS_WHY = "the transformers engine does not serve it (the llama.cpp engine does)"
+_TRANSFORMERS_WHY = ("JSON output needs a grammar, which the transformers engine does not have "
+                     "(the llama.cpp engine does)")
 
 
 def _empty(value: Any) -> bool:
@@ -69,13 +68,8 @@ _HARMLESS: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
     "function_call": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("functions"))),
 }
 
-# On the transformers engine, values that leave sampling as it is.
+# On the transformers engine, values that leave the output free text.
 _TRANSFORMERS_HARMLESS: dict[str, Callable[[Any], bool]] = {
-    "logprobs": lambda v: v is False,
-    "top_logprobs": lambda v: v == 0,
-    "presence_penalty": lambda v: v == 0,
-    "frequency_penalty": lambda v: v == 0,
-    "logit_bias": lambda v: v == {},
     "response_format": lambda v: v.type == "text",
 }
 

@@ -1,15 +1,18 @@
 """Every OpenAI chat-completions field is honoured or refused by name, never dropped: the
-transformers engine (tiny model), through the real openai client."""
+transformers engine (tiny model), through the real openai client; and the logit fields it
+serves (logprobs, logit_bias, penalties)."""
 
 from __future__ import annotations
 
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, completion_create_params
+from transformers import AutoTokenizer
 
 from ai_space.request_fields import DOCUMENTED
 from tests.support.loopback import LoopbackServer
@@ -37,10 +40,6 @@ REFUSED: list[tuple[str, Any]] = [
     ("web_search_options", {}),
     ("store", True),
     ("service_tier", "priority"),
-    ("logit_bias", {"5": 10}),
-    ("logprobs", True),
-    ("presence_penalty", 0.5),
-    ("frequency_penalty", 0.5),
     ("response_format", {"type": "json_object"}),
     ("response_format", SCHEMA),
     ("top_k", 5),  # a vendor extension, not an OpenAI field
@@ -125,3 +124,51 @@ def test_message_fields_that_cannot_be_rendered_are_refused(client: openai.OpenA
                    {"role": "user", "content": "and?"}]
     answer = client.chat.completions.create(model="m", messages=dumped, max_tokens=2)
     assert answer.choices[0].message.content
+
+
+def test_logprobs_whole_and_streamed(client: openai.OpenAI) -> None:
+    """GIVEN logprobs with top_logprobs=2, greedy WHEN asked whole and streamed THEN one entry
+    per generated token, tokens joining into the text, each chosen token the most likely one,
+    and the stream's entries equal the whole answer's."""
+    whole = client.chat.completions.create(model="m", messages=HELLO, max_tokens=8,
+                                           temperature=0, logprobs=True, top_logprobs=2)
+    assert whole.choices[0].logprobs is not None and whole.usage is not None
+    entries = whole.choices[0].logprobs.content or []
+    assert len(entries) == whole.usage.completion_tokens == 8
+    # A token may end mid-character: its bytes join into the text, its `token` may not.
+    joined = b"".join(bytes(e.bytes or []) for e in entries)
+    assert joined.decode("utf-8", "replace") == whole.choices[0].message.content
+    for e in entries:
+        assert e.top_logprobs[0].token == e.token
+        assert e.logprob == e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob
+    streamed = [(e.token, round(e.logprob, 4))
+                for c in client.chat.completions.create(
+                    model="m", messages=HELLO, max_tokens=8, temperature=0, stream=True,
+                    logprobs=True, top_logprobs=2)
+                if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content or []]
+    assert streamed == [(e.token, round(e.logprob, 4)) for e in entries]
+
+
+def test_logit_bias_and_penalties(client: openai.OpenAI, tiny_chat_dir: Path) -> None:
+    """GIVEN the tiny model WHEN a token gets logit_bias +100 THEN the greedy answer is that
+    token over and over; WHEN an id outside the vocabulary is biased THEN 400 naming
+    logit_bias; WHEN frequency_penalty is 2 THEN the most repeated token comes fewer times."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_dir)
+    fox = tokenizer.encode("fox")[0]
+    forced = client.chat.completions.create(model="m", messages=HELLO, max_tokens=4,
+                                            temperature=0, logit_bias={str(fox): 100})
+    assert forced.choices[0].message.content == tokenizer.decode([fox] * 4)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="m", messages=HELLO, max_tokens=4,
+                                       logit_bias={"99999": 1})
+    assert caught.value.param == "logit_bias"
+    counts = []
+    for penalty in (0.0, 2.0):
+        answer = client.chat.completions.create(model="m", messages=HELLO, max_tokens=32,
+                                                temperature=0, frequency_penalty=penalty,
+                                                logprobs=True)
+        assert answer.choices[0].logprobs is not None
+        tokens = [bytes(e.bytes or []) for e in answer.choices[0].logprobs.content or []]
+        counts.append(max(tokens.count(t) for t in set(tokens)))
+    assert counts[1] < counts[0], counts
