@@ -10,10 +10,15 @@ from typing import Any
 
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, SecretStr
 
 from ai_space import Settings
+from ai_space.errors import BadRequest
+from ai_space.llama.constraints import Grammar, grammar_for
+from ai_space.schema import ResponseFormat
 from tests.ai_space.conftest import TOKEN, serve
 
 MakeClient = Callable[..., openai.OpenAI]
@@ -154,3 +159,44 @@ def test_what_llama_cannot_do_is_refused_by_name(client: openai.OpenAI, body: di
     with pytest.raises(openai.BadRequestError) as caught:
         _ask(client, extra_body=body)
     assert (caught.value.code, caught.value.param) == (code, param), caught.value.body
+
+
+_KEYWORDS = st.sampled_from([
+    "type", "properties", "items", "required", "enum", "const", "anyOf", "oneOf", "allOf",
+    "$ref", "$defs", "pattern", "minItems", "maxItems", "minLength", "maxLength", "format",
+    "additionalProperties", "minimum", "maximum", "prefixItems", "patternProperties"])
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 300), st.text(max_size=5),
+    st.sampled_from(["string", "object", "array", "integer", "number", "boolean", "null", "#",
+                     "#/$defs/a", "date", "uuid", "^a+$", "[a-", "(x|y)*"]))
+_SCHEMAS = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.one_of(_KEYWORDS, st.text(max_size=4)), inner, max_size=4)),
+    max_leaves=15)
+
+
+def test_any_schema_gets_a_grammar_or_a_400(served: tuple[str, Any]) -> None:
+    """GIVEN arbitrary JSON schemas (keywords, broken refs and patterns, odd types) WHEN each
+    is turned into a grammar and given to llama.cpp THEN it builds, or BadRequest names
+    response_format: no other exception, and the process survives."""
+    vocab = served[1].state.host.chat.vocab.vocab
+    outcomes = {"built": 0, "refused": 0, "unnamed": 0}
+
+    @settings(max_examples=200, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(_SCHEMAS)
+    def one(schema: Any) -> None:
+        if not isinstance(schema, dict):
+            schema = {"type": "object", "properties": {"a": schema}}
+        try:
+            gbnf = grammar_for(ResponseFormat.model_validate(
+                {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}))
+            assert gbnf is not None
+            Grammar(vocab, gbnf).close()
+            outcomes["built"] += 1
+        except BadRequest as exc:
+            outcomes["refused" if exc.param == "response_format" else "unnamed"] += 1
+
+    one()
+    assert outcomes["built"] > 0 and outcomes["refused"] > 0 and not outcomes["unnamed"], \
+        outcomes
