@@ -1,4 +1,5 @@
-"""Which OpenAI chat-completions request fields each engine honours, and a 400 for the rest.
+"""Which OpenAI request fields each engine honours (chat completions, embeddings), and a 400
+for the rest.
 
 A field that changes the answer is either served or refused by name (400
 `unsupported_parameter`, `param` naming it): a client that asked for tool calls, JSON or
@@ -14,7 +15,7 @@ from typing import Any
 
 from ai_space.engine import EngineName
 from ai_space.errors import Unsupported
-from ai_space.schema import ChatCompletionRequest
+from ai_space.schema import ChatCompletionRequest, EmbeddingRequest
 
 # Served by both engines (validated in schema.py; logit shaping in ai_space/shaping.py and
 # ai_space/llama/constraints.py).
@@ -121,3 +122,18 @@ def check_fields(body: ChatCompletionRequest, engine: EngineName) -> None:
         why = _why_refused(name, value, fields, engine)
         if why is not None:
             raise Unsupported(name, why)
+
+
+def check_embedding_fields(body: EmbeddingRequest) -> None:
+    """Raise Unsupported for a field the embeddings route does not know (`user` is kept)."""
+    for name, value in sorted((body.model_extra or {}).items()):
+        if name != "user" and value is not None:
+            raise Unsupported(name, "not an OpenAI embeddings field")
+
+
+def check_dimensions(body: EmbeddingRequest, width: int) -> None:
+    """Raise Unsupported when `dimensions` asks for another width than the model's."""
+    if body.dimensions is not None and body.dimensions != width:
+        # Cutting a vector short only works for models trained for it (Matryoshka); MiniLM
+        # was not, so a shorter vector would be a worse one, not a smaller equal.
+        raise Unsupported("dimensions", f"the embedding model's vectors are {width} wide")

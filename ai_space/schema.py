@@ -141,10 +141,12 @@ class ChatCompletionRequest(BaseModel):
 class EmbeddingRequest(BaseModel):
     """POST /v1/embeddings. Token-id inputs are not accepted, only text."""
 
-    model_config = _LENIENT
+    # Unknown fields are kept so request_fields.py can refuse them by name.
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
 
     def texts(self) -> list[str]:
         """The inputs as a list."""
