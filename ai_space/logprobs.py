@@ -54,21 +54,26 @@ def log_softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return total
 
 
+def make_entry(token: int, logprob: float, top: list[tuple[int, float]],
+               piece: Callable[[int], bytes]) -> TokenLogprob:
+    """An entry from the chosen token's log-probability and the (token, logprob) best list."""
+
+    def alt(token_id: int, value: float) -> Alternative:
+        raw = piece(token_id)
+        return Alternative(raw.decode("utf-8", errors="replace"), value, raw)
+
+    return TokenLogprob(alt(token, logprob), tuple(alt(t, v) for t, v in top))
+
+
 def entry(logprobs: np.ndarray[Any, Any], token: int, k: int,
           piece: Callable[[int], bytes]) -> TokenLogprob:
     """The entry for `token`, with the `k` most likely tokens (most likely first)."""
-
-    def alt(token_id: int) -> Alternative:
-        raw = piece(token_id)
-        return Alternative(raw.decode("utf-8", errors="replace"),
-                           float(logprobs[token_id]), raw)
-
-    top: tuple[Alternative, ...] = ()
+    top: list[tuple[int, float]] = []
     if k > 0:
         best = np.argpartition(-logprobs, k - 1)[:k]
         best = best[np.argsort(-logprobs[best], kind="stable")]
-        top = tuple(alt(int(t)) for t in best)
-    return TokenLogprob(alt(token), top)
+        top = [(int(t), float(logprobs[t])) for t in best]
+    return make_entry(token, float(logprobs[token]), top, piece)
 
 
 class LogprobBuffer:

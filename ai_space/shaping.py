@@ -16,7 +16,7 @@ import torch
 
 from ai_space.errors import BadRequest
 from ai_space.generation import GenerationJob, SamplingParams
-from ai_space.logprobs import entry
+from ai_space.logprobs import make_entry
 
 
 def check(params: SamplingParams, vocab_size: int) -> None:
@@ -116,6 +116,10 @@ class RowShaper:
             return token  # the answer ends here: nothing to count or report
         self.counts[token] = self.counts.get(token, 0) + 1
         if self._logprobs is not None and self.sink is not None:
-            self.sink(entry(self._logprobs.cpu().numpy(), token, self.params.logprobs or 0,
-                            self.pieces))
+            # Only k + 1 numbers leave the device, not the whole vocabulary's row.
+            top: list[tuple[int, float]] = []
+            if self.params.logprobs:
+                values, ids = torch.topk(self._logprobs, self.params.logprobs)
+                top = list(zip(ids.tolist(), values.tolist(), strict=True))
+            self.sink(make_entry(token, float(self._logprobs[token]), top, self.pieces))
         return token
