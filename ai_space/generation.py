@@ -23,8 +23,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # Served by the llama.cpp engine (ai_space/llama/constraints.py); request_fields.py
-    # refuses them on the transformers engine.
+    # Logit shaping (ai_space/shaping.py, ai_space/llama/constraints.py); a grammar only on
+    # llama.cpp (request_fields.py refuses JSON formats on the transformers engine).
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
