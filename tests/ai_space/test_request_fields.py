@@ -75,7 +75,7 @@ def test_the_table_covers_every_field_the_openai_client_sends() -> None:
 def test_unhonoured_fields_are_refused_by_name(client: openai.OpenAI, field: str, value: Any,
                                                stream: bool) -> None:
     """GIVEN the transformers engine WHEN a request asks for something it cannot do (tool
-    calls, JSON, logprobs, several choices, audio, an unknown field), streamed or not, THEN
+    calls, JSON output, several choices, audio, an unknown field), streamed or not, THEN
     the openai client raises BadRequestError with code unsupported_parameter and `param`
     naming the field, instead of a 200 that ignored it."""
     with pytest.raises(openai.BadRequestError) as caught:
