@@ -5,6 +5,8 @@ by name what it cannot do."""
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel, SecretStr
 
-from ai_space import Settings
+from ai_space import Finished, Hooks, Settings
 from ai_space.errors import BadRequest
 from ai_space.llama.constraints import Grammar, grammar_for
 from ai_space.schema import ResponseFormat
@@ -37,13 +39,15 @@ class City(BaseModel):
     population_millions: float
 
 
+_SETTINGS = Settings(api_token=SecretStr(TOKEN), engine="llama.cpp", max_concurrency=4,
+                     max_queue=8, max_tokens=96, n_ctx=2048, max_input_tokens=1024,
+                     embedding_model_id=None)
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, Any]]:
     """One ready llama.cpp server on the packaged SmolLM2, chat only: its URL and its app."""
-    settings = Settings(api_token=SecretStr(TOKEN), engine="llama.cpp", max_concurrency=4,
-                        max_queue=8, max_tokens=96, n_ctx=2048, max_input_tokens=1024,
-                        embedding_model_id=None)
-    with serve(settings) as (server, app):
+    with serve(_SETTINGS) as (server, app):
         assert app.state.host.engine == "llama.cpp"
         yield server.url, app
 
@@ -138,6 +142,35 @@ def test_logit_bias_and_penalties_change_the_answer(client: openai.OpenAI,
         tokens = [e.token for e in logprobs.content]
         counts.append(max(tokens.count(t) for t in set(tokens)))
     assert counts[1] < counts[0], counts
+
+
+def test_shaping_stays_with_its_request(served: tuple[str, Any],
+                                        make_client: MakeClient) -> None:
+    """GIVEN a plain greedy request, one whose logit_bias forces a token and one held to a
+    JSON grammar, all queued while the decode loop is held WHEN released, so that they are
+    prefilled and decoded in one batch THEN the plain answer equals the one it gets alone,
+    and each shaped answer is what its fields asked for."""
+    vocab = served[1].state.host.chat.vocab
+    forced_id = vocab.encode(" banana")[0]
+    alone = _ask(make_client(served[0])).choices[0].message.content
+    finished: queue.Queue[Finished] = queue.Queue()
+    step = threading.Event()
+    with serve(_SETTINGS, Hooks(step_gate=step, on_finish=finished.put)) as (server, _):
+        client = make_client(server.url)
+        jobs: list[dict[str, Any]] = [
+            {}, {"logit_bias": {str(forced_id): 100}, "max_tokens": 5},
+            {"response_format": {"type": "json_object"}, "max_tokens": 96}]
+        streams = [iter(_ask(client, stream=True, **job)) for job in jobs]
+        for stream in streams:
+            assert next(stream).choices[0].delta.role == "assistant"  # queued
+        step.set()
+        texts = ["".join(c.choices[0].delta.content or "" for c in s if c.choices)
+                 for s in streams]
+        sizes = [finished.get(timeout=120).batch_size for _ in jobs]
+    assert sizes == [3, 3, 3]
+    assert texts[0] == alone
+    assert texts[1] == vocab.decode([forced_id] * 5)
+    assert isinstance(json.loads(texts[2]), dict), texts[2]
 
 
 @pytest.mark.parametrize(("body", "param", "code"), [
