@@ -28,6 +28,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ai_space.errors import NotReady, QueueFull
 from ai_space.generation import Delta, Finished, GenerationJob, TextTracker, pick_next
+from ai_space.shaping import Pieces, RowShaper, check
 
 log = logging.getLogger("ai_space")
 
@@ -42,6 +43,7 @@ class _Row:
     tracker: TextTracker
     generator: torch.Generator | None
     done: bool = False
+    shaper: RowShaper | None = None  # logit_bias, penalties, logprobs: when asked for
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Batcher:
         self.pad_id = int(pad) if pad is not None else min(eos_ids, default=0)
         self.step_gate = step_gate
         self.on_finish = on_finish
+        self._pieces = Pieces(tokenizer)
         self._cond = threading.Condition()
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._active = 0  # queued + running; what admission control counts
@@ -134,6 +137,8 @@ class Batcher:
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, or raise QueueFull when every slot and queue place is taken."""
+        if job.params.shaped:
+            check(job.params, int(self.model.config.vocab_size))  # a bad token id is a 400
         with self._cond:
             if self._stopping or (self._thread.ident is not None and not self._thread.is_alive()):
                 raise NotReady("the generation loop has stopped; see the server log",
@@ -160,8 +165,10 @@ class Batcher:
         rows: list[_Row] = []
         for job in jobs:
             try:
+                shaper = RowShaper(job, self._pieces, self.eos_ids) \
+                    if job.params.shaped else None
                 rows.append(_Row(job, TextTracker(self.tokenizer, job.params.stop),
-                                 job.generator()))
+                                 job.generator(), shaper=shaper))
             except Exception as exc:
                 log.exception("generation setup failed for one request")
                 self._finish(_Row(job, TextTracker(self.tokenizer, ()), None), "error",
@@ -282,7 +289,10 @@ class Batcher:
         for i, row in enumerate(batch.rows):
             if self._cancelled(row):
                 continue
-            token = self._pick(logits[i], row)
+            if row.shaper is not None:
+                token = row.shaper.after(self._pick(row.shaper.before(logits[i]), row))
+            else:
+                token = self._pick(logits[i], row)
             if self._advance(row, token):
                 keep.append(i)
                 batch.next_ids.append(token)

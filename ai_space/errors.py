@@ -21,15 +21,18 @@ class APIError(Exception):
     type = "server_error"
     code = "internal_error"
     retry_after: int | None = None
+    param: str | None = None  # the request field at fault, as OpenAI names it
 
     def __init__(self, message: str, *, code: str | None = None,
-                 retry_after: int | None = None) -> None:
+                 retry_after: int | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         if retry_after is not None:
             self.retry_after = retry_after
+        if param is not None:
+            self.param = param
 
 
 class BadRequest(APIError):
@@ -38,6 +41,15 @@ class BadRequest(APIError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class Unsupported(BadRequest):
+    """A documented OpenAI field this server (or this engine) cannot honour: never ignored."""
+
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"{param} is not supported by this server: {why}", param=param)
 
 
 class Unauthorized(APIError):
@@ -100,9 +112,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_body(status: int, type_: str, message: str, code: str) -> dict[str, Any]:
+def error_body(status: int, type_: str, message: str, code: str,
+               param: str | None = None) -> dict[str, Any]:
     """The OpenAI error envelope."""
-    return {"error": {"type": type_, "message": message, "code": code, "param": None,
+    return {"error": {"type": type_, "message": message, "code": code, "param": param,
                       "status": status}}
 
 
@@ -111,7 +124,7 @@ def error_response(exc: APIError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(error_body(exc.status, exc.type, exc.message, exc.code),
+    return JSONResponse(error_body(exc.status, exc.type, exc.message, exc.code, exc.param),
                         status_code=exc.status, headers=headers)
 
 

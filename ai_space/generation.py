@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     # Imported where used: the llama.cpp engine serves without loading torch at all.
     import torch
 
+    from ai_space.logprobs import TokenLogprob
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -21,13 +23,27 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Logit shaping (ai_space/shaping.py, ai_space/llama/constraints.py); a grammar only on
+    # llama.cpp (request_fields.py refuses JSON formats on the transformers engine).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # None: off; else how many alternatives per token (0-20)
+    grammar: str | None = None  # GBNF the answer must follow (response_format)
+
+    @property
+    def shaped(self) -> bool:
+        """Whether anything beyond temperature and top_p touches this request's logits."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias
+                    or self.logprobs is not None or self.grammar)
 
 
 @dataclass(frozen=True)
 class Delta:
-    """New text for the client."""
+    """New text for the client, with the log-probabilities of its tokens when asked for."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,8 @@ class GenerationJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
     batch_size: int = 0
+    # Receives each generated token's log-probabilities (params.logprobs); engine thread.
+    on_logprob: Callable[[TokenLogprob], None] | None = None
 
     def generator(self) -> torch.Generator | None:
         """A seeded torch generator when the request gave a seed, else None (global RNG)."""

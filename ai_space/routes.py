@@ -18,6 +18,7 @@ from ai_space.config import Settings
 from ai_space.engine import ChatFormat, Engine, continues_final
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
+from ai_space.request_fields import check_dimensions, check_embedding_fields, check_fields
 from ai_space.sse import ChatStream, collect
 
 log = logging.getLogger("ai_space")
@@ -97,8 +98,9 @@ def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
     "content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: schema.ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions, streamed as SSE or answered whole."""
-    settings = _settings(request)
-    chat, batcher = _ready(_host(request))
+    settings, host = _settings(request), _host(request)
+    chat, batcher = _ready(host)
+    check_fields(body, host.engine)
     prompt_ids = await run_in_threadpool(_prompt, chat, body)
     if len(prompt_ids) > settings.max_input_tokens:
         raise BadRequest(f"prompt is {len(prompt_ids)} tokens; the limit is "
@@ -138,6 +140,7 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     embedder = host.embedder
     if embedder is None:
         raise NotReady("embedding model is loading")
+    check_embedding_fields(body)
     texts = body.texts()
     if not texts or any(not t for t in texts):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings")
@@ -148,6 +151,7 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
         raise BadRequest(f"at most {settings.max_embedding_inputs} inputs per request")
     started = time.perf_counter()
     vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
+    check_dimensions(body, int(vectors.shape[1]))  # the width is known once a vector is
     tokens = await run_in_threadpool(embedder.count_tokens, texts)
     log.info("embeddings inputs=%d tokens=%d latency_ms=%.0f", len(texts), tokens,
              (time.perf_counter() - started) * 1000)

@@ -18,6 +18,7 @@ from ai_space.config import Settings
 from ai_space.engine import Engine
 from ai_space.errors import APIError, error_body
 from ai_space.generation import Delta, Event, Finished, GenerationJob, SamplingParams
+from ai_space.logprobs import LogprobBuffer, TokenLogprob, content
 
 log = logging.getLogger("ai_space")
 
@@ -34,7 +35,21 @@ def sampling(body: schema.ChatCompletionRequest, settings: Settings) -> Sampling
         top_p=1.0 if body.top_p is None else body.top_p,
         stop=body.stop_strings(),
         seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        grammar=_grammar(body.response_format),
     )
+
+
+def _grammar(fmt: schema.ResponseFormat | None) -> str | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    # Only the llama.cpp engine gets here (request_fields.py refuses JSON on transformers).
+    from ai_space.llama.constraints import grammar_for
+
+    return grammar_for(fmt)
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -66,7 +81,11 @@ class ChatStream:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        job = GenerationJob(prompt_ids, sampling(body, settings), emit)
+        params = sampling(body, settings)
+        job = GenerationJob(prompt_ids, params, emit)
+        if params.logprobs is not None:
+            buffer = LogprobBuffer(emit)
+            job.emit, job.on_logprob = buffer.emit, buffer.add
         batcher.submit(job)
         return cls(job, queue, settings.model_name, body.stream)
 
@@ -76,6 +95,10 @@ class ChatStream:
                  "latency_ms=%.0f", self.stream, event.finish_reason if event else "disconnect",
                  len(self.job.prompt_ids), self.job.completion_tokens,
                  (time.perf_counter() - self.started) * 1000)
+
+    def logprobs_of(self, entries: tuple[TokenLogprob, ...]) -> dict[str, Any] | None:
+        """A choice's `logprobs` object when the request asked for them, else None."""
+        return content(entries) if self.job.params.logprobs is not None else None
 
     async def sse(self, include_usage: bool) -> AsyncIterator[bytes]:
         """The SSE body. If the client goes away, Starlette cancels this and the job stops."""
@@ -87,7 +110,8 @@ class ChatStream:
                 event = await self.queue.get()
                 if isinstance(event, Delta):
                     yield _sse(schema.chunk(self.cid, self.model, self.created,
-                                            {"content": event.text}))
+                                            {"content": event.text},
+                                            logprobs=self.logprobs_of(event.logprobs)))
                     continue
                 finished = event
                 if event.finish_reason in {"error", "cancelled"}:
@@ -119,12 +143,14 @@ async def collect(stream: ChatStream, request: Request) -> dict[str, Any]:
     """Wait for the whole answer; cancel the job if the client disconnects first."""
     watcher = asyncio.create_task(_watch_disconnect(request, stream.job))
     parts: list[str] = []
+    entries: list[TokenLogprob] = []
     finished: Finished | None = None
     try:
         while True:
             event = await stream.queue.get()
             if isinstance(event, Delta):
                 parts.append(event.text)
+                entries.extend(event.logprobs)
                 continue
             finished = event
             break
@@ -136,7 +162,8 @@ async def collect(stream: ChatStream, request: Request) -> dict[str, Any]:
     if finished.finish_reason in {"error", "cancelled"}:
         raise APIError(_failure(finished), code="generation_failed")
     return schema.completion(stream.cid, stream.model, "".join(parts), finished.finish_reason,
-                             finished.prompt_tokens, finished.completion_tokens)
+                             finished.prompt_tokens, finished.completion_tokens,
+                             logprobs=stream.logprobs_of(tuple(entries)))
 
 
 async def _watch_disconnect(request: Request, job: GenerationJob) -> None:

@@ -24,6 +24,7 @@ import llama_cpp
 
 from ai_space.errors import QueueFull
 from ai_space.generation import Delta, Finished, GenerationJob, TextTracker
+from ai_space.llama.constraints import Pieces, Shaper, check
 from ai_space.llama.model import GGUFChatModel
 from ai_space.llama.sampling import Sampler
 
@@ -47,6 +48,7 @@ class _Seq:
     next_token: int | None = None  # sampled, not yet decoded
     done: bool = False
     outputs: list[int] = field(default_factory=list)
+    shaper: Shaper | None = None  # logit_bias, penalties, logprobs, grammar: when asked for
 
     @property
     def prefilling(self) -> bool:
@@ -88,6 +90,7 @@ class LlamaEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_vocab = chat.vocab.size
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._pieces = Pieces(chat)
         self._cond = threading.Condition()
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._active = 0  # queued + running; what admission control counts
@@ -120,6 +123,8 @@ class LlamaEngine:
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, or raise QueueFull when every slot and queue place is taken."""
+        if job.params.shaped:
+            check(job.params, self.chat)  # a bad grammar or token id is a 400, not a failure
         with self._cond:
             if self._stopping or not self.alive or \
                     self._active >= self.max_batch + self.max_queue:
@@ -265,7 +270,12 @@ class LlamaEngine:
             if seq.next_token is None:
                 seq.job.batch_size = size  # its prompt finished in a batch of `size`
             logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
-            token = seq.sampler.pick(logits, self.n_vocab)
+            if seq.job.params.shaped:
+                if seq.shaper is None:
+                    seq.shaper = Shaper(seq.job, self.chat, self._pieces)
+                token = seq.shaper.pick(logits, self.n_vocab, seq.sampler.pick)
+            else:
+                token = seq.sampler.pick(logits, self.n_vocab)
             self._advance(seq, token)
         except Exception as exc:
             log.exception("generation failed for one request")
@@ -292,6 +302,8 @@ class LlamaEngine:
         if seq.done:
             return
         seq.done = True
+        if seq.shaper is not None:
+            seq.shaper.close()
         llama_cpp.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
         with self._cond:
             self._running.remove(seq)

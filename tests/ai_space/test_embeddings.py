@@ -74,3 +74,15 @@ def test_no_embedding_model_gives_404(tiny_settings: Settings,
             client.embeddings.create(model="e", input="hello")
         assert [m.id for m in client.models.list()] == ["tiny-llama"]
         assert httpx.get(f"{server.url}/health").json()["embedding_model"] is None
+
+
+def test_fields_that_cannot_be_honoured_are_refused_by_name(client: openai.OpenAI) -> None:
+    """GIVEN a model 32 wide WHEN `dimensions` asks for 16, or an unknown field is sent THEN
+    BadRequestError with code unsupported_parameter naming the field; WHEN `dimensions` is
+    the model's own width, or `user` is sent THEN the vectors come back."""
+    for extra, param in (({"dimensions": 16}, "dimensions"), ({"truncate": True}, "truncate")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(model="e", input="paris", extra_body=extra)
+        assert (caught.value.code, caught.value.param) == ("unsupported_parameter", param)
+    answer = client.embeddings.create(model="e", input="paris", dimensions=32, user="u-1")
+    assert len(answer.data[0].embedding) == 32
