@@ -3,11 +3,23 @@ seeds, and the same tokens as choosing for each request on its own."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import openai
+import pytest
+from openai import Stream
+from openai.types.chat import ChatCompletionChunk
+from pydantic import SecretStr
+
+from ai_space import Finished, Hooks, Settings
 from ai_space.generation import SamplingParams
 from ai_space.llama.sampling import Sampler, pick_batch, pick_from
+from tests.ai_space.conftest import TOKEN, serve
 
 VOCAB = 49_152  # SmolLM2's vocabulary: the size the engine samples from
 
@@ -82,3 +94,48 @@ def test_the_batch_is_checked_against_its_requests() -> None:
     from another request's row."""
     with pytest.raises(ValueError, match="2 rows of logits for 3 requests"):
         pick_batch(np.zeros((2, VOCAB), np.float32), [Sampler(SamplingParams(4))] * 3)
+
+
+@pytest.mark.slow
+def test_seeded_requests_answer_the_same_alone_and_in_one_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        make_client: Callable[..., openai.OpenAI]) -> None:
+    """GIVEN the llama.cpp engine on the packaged SmolLM2 WHEN six seeded requests (top-p,
+    temperature, greedy) are held and then decoded together in one batch THEN each answer
+    equals the one the same request gets alone, and all six were prefilled in one step."""
+    monkeypatch.setenv("GGUF_CACHE", str(tmp_path))
+    finished: queue.Queue[Finished] = queue.Queue()
+    step = threading.Event()
+    step.set()
+    settings = Settings(api_token=SecretStr(TOKEN), engine="llama.cpp", embedding_model_id=None,
+                        max_concurrency=8, n_ctx=2048, max_input_tokens=1024, n_threads=1)
+    asks: list[dict[str, Any]] = [
+        {"temperature": 0.9, "top_p": 0.9, "seed": 1}, {"temperature": 1.0, "seed": 2},
+        {"temperature": 0.7, "top_p": 0.5, "seed": 3}, {"temperature": 0},
+        {"temperature": 1.3, "top_p": 0.95, "seed": 4}, {"temperature": 0.9, "top_p": 0.9,
+                                                          "seed": 1}]
+    with serve(settings, Hooks(step_gate=step, on_finish=finished.put)) as (server, _):
+        client = make_client(server.url)
+
+        def stream(extra: dict[str, Any]) -> Stream[ChatCompletionChunk]:
+            return client.chat.completions.create(  # type: ignore[no-any-return]
+                model="m", max_tokens=16, stream=True,
+                messages=[{"role": "user", "content": "Tell me about the sea."}], **extra)
+
+        alone = [_text(iter(stream(extra))) for extra in asks]
+        for _ in asks:
+            finished.get(timeout=60)
+        step.clear()
+        streams = [iter(stream(extra)) for extra in asks]
+        for s in streams:
+            next(s)  # the role chunk: the request is queued
+        step.set()
+        together = [_text(s) for s in streams]
+        sizes = [finished.get(timeout=60).batch_size for _ in asks]
+    assert together == alone
+    assert alone[0] == alone[5] and len(set(alone)) > 2
+    assert sizes == [len(asks)] * len(asks)
+
+
+def _text(chunks: Iterator[ChatCompletionChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
