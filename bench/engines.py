@@ -264,7 +264,8 @@ def rows(result: dict[str, Any]) -> list[str]:
     lines = [
         f"Measured by `python -m bench.engines` on {machine()}: {result['cpu']}. llama.cpp "
         f"built portable (AVX2 floor, no AVX-512, no AMX): {result['build']}. SmolLM2-135M, "
-        f"{result['threads']} threads, greedy, up to {result['max_tokens']} new tokens; best "
+        f"{result['threads']} thread{'s' if result['threads'] > 1 else ''}, greedy, up to "
+        f"{result['max_tokens']} new tokens; best "
         f"of {result['reps']} runs per figure; load average {result['load_before']} before, "
         f"{result['load_after']} after (a machine shared with other work: compare figures "
         "within this run, and ratios from runs made side by side).",
@@ -282,8 +283,10 @@ def rows(result: dict[str, Any]) -> list[str]:
     http = result["http"]
     lines += [
         "",
-        f"Chosen: {_name(chosen)}. Through `python -m ai_space` over HTTP, alternating with "
-        "the loop on the same weights:",
+        f"Chosen: {_name(chosen)}, the fastest (geometric mean of 1 and 16 streams) at the "
+        "95% bar with a q8_0 KV cache (f16's does not fit the worker's 512 MiB at "
+        "N_CTX=8192). Through `python -m ai_space` over HTTP, alternating run by run with the "
+        "loop on the same weights:",
         "",
         "| | llama.cpp's own loop | ai_space over HTTP | loop / HTTP |",
         "|---|---|---|---|",
