@@ -32,6 +32,8 @@ _ENV_FIELDS = {
     "N_THREADS": "n_threads",
     "N_CTX": "n_ctx",
     "KV_TYPE": "kv_type",
+    "WEIGHTS": "weights",
+    "REPACK": "repack",
     "MAX_CONCURRENCY": "max_concurrency",
     "MAX_QUEUE": "max_queue",
     "MAX_TOKENS": "max_tokens",
@@ -73,6 +75,12 @@ class Settings(BaseModel):
     # 12 KB a token instead of 23 KB, so 8192 tokens take 96 MiB).
     n_ctx: int = Field(default=8192, ge=256, le=1_048_576)
     kv_type: Literal["q8_0", "f16"] = "q8_0"
+    # llama.cpp: the chat weights' format. auto: the format bench/engines.py measured fastest
+    # at the quality bar for the packaged model, the file as shipped for any other; file: as
+    # shipped; a type: re-quantised once into GGUF_CACHE (ai_space/llama/weights.py).
+    weights: Literal["auto", "file", "q8_0", "q4_0", "q4_1", "iq4_nl"] = "auto"
+    # llama.cpp: let its CPU backend repack weights into interleaved blocks at load time.
+    repack: bool = True
     max_concurrency: int = Field(default=4, ge=1, le=256)
     max_queue: int = Field(default=16, ge=0, le=10_000)
     max_tokens: int = Field(default=512, ge=1)

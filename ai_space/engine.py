@@ -128,7 +128,8 @@ def decide_engine(settings: Settings,
         # Loading says what is missing; the self-check has nothing to run.
         return EngineChoice(name, why)
     probe = run_probe(gguf, threads=settings.n_threads or default_threads(),
-                      kv_type=settings.kv_type, command=probe_command)
+                      kv_type=settings.kv_type, model_id=settings.model_id,
+                      weights=settings.weights, command=probe_command)
     if probe.ok:
         return EngineChoice(name, f"{why}; self-check passed ({probe.detail})")
     if settings.engine == "llama.cpp":

@@ -129,6 +129,7 @@ class ModelHost:
         from ai_space.llama.embed import load_gguf_embedder
         from ai_space.llama.engine import LlamaEngine
         from ai_space.llama.model import GGUFChatModel
+        from ai_space.llama.weights import chat_weights, weights_for
         from ai_space.models.packaged import resolve
 
         settings = self.settings
@@ -139,9 +140,11 @@ class ModelHost:
         if settings.n_ctx <= settings.max_input_tokens:
             raise ValueError(f"N_CTX ({settings.n_ctx}) must exceed MAX_INPUT_TOKENS "
                              f"({settings.max_input_tokens})")
-        log.info("loading %s with llama.cpp: %d threads, %d-token %s KV cache", path.name,
-                 self.threads, settings.n_ctx, settings.kv_type)
-        chat = GGUFChatModel(path)
+        path = chat_weights(path, weights_for(settings.model_id, settings.weights))
+        log.info("loading %s with llama.cpp: %d threads, %d-token %s KV cache, repack %s",
+                 path.name, self.threads, settings.n_ctx, settings.kv_type,
+                 "on" if settings.repack else "off")
+        chat = GGUFChatModel(path, repack=settings.repack)
         if settings.embedding_model_id is not None:
             self.embedder = load_gguf_embedder(settings.embedding_model_id)
         engine = LlamaEngine(chat, n_ctx=settings.n_ctx, n_threads=self.threads,

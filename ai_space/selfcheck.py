@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# The probe loads a 135M model and decodes a few tokens in about a second; a larger model, a
-# cold page cache and a busy host take longer, and a hung child must not hold the start.
+# The probe loads a 135M model and decodes a few tokens in about a second (plus about 3 s the
+# first time, when it derives the served weights); a larger model, a cold page cache and a
+# busy host take longer, and a hung child must not hold the start.
 PROBE_TIMEOUT_S = 180.0
 PROBE_COMMAND: tuple[str, ...] = (sys.executable, "-m", "ai_space.llama.probe")
 
@@ -32,13 +33,13 @@ class ProbeResult:
     detail: str
 
 
-def run_probe(gguf: Path, *, threads: int, kv_type: str,
-              command: Sequence[str] = PROBE_COMMAND,
+def run_probe(gguf: Path, *, threads: int, kv_type: str, model_id: str = "",
+              weights: str = "file", command: Sequence[str] = PROBE_COMMAND,
               timeout_s: float = PROBE_TIMEOUT_S) -> ProbeResult:
-    """Run `command GGUF THREADS KV_TYPE` and judge it by how it ended."""
+    """Run `command GGUF THREADS KV_TYPE MODEL_ID WEIGHTS`; judge it by how it ended."""
     started = time.perf_counter()
     try:
-        child = subprocess.run([*command, str(gguf), str(threads), kv_type],
+        child = subprocess.run([*command, str(gguf), str(threads), kv_type, model_id, weights],
                                capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"the probe did not finish within {timeout_s:.0f} s")

@@ -176,7 +176,9 @@ def main() -> None:
     engines = None
     if not args.no_engines:
         log.info("CPU engines side by side (minutes)")
-        engines = side_by_side(threads=2, max_tokens=128)
+        # One thread: the worker's own setting on its one-vCPU instance, and the only one that
+        # measures llama.cpp on a shared machine (with two, its barriers wait on the other).
+        engines = side_by_side(threads=1, max_tokens=128)
 
     lines = [
         f"Measured by `make bench` on {machine()}, load average {load_before} at the start, "

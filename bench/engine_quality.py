@@ -82,6 +82,31 @@ def _llama_argmax(path: Path, ids: list[int], threads: int) -> np.ndarray[Any, A
     return np.asarray(out)
 
 
+def reference_tokens() -> list[int]:
+    """The fp32 reference's first-ranked next token after every prefix of the held-out text
+    (transformers, the packaged GGUF dequantised to float32)."""
+    from ai_space.models.packaged import resolve
+
+    ids = held_out_ids()
+    source = resolve("pkg:smollm2", None)
+    assert source.gguf_file is not None
+    return [int(t) for t in _transformers_argmax(source.location, source.gguf_file, ids,
+                                                 "float32")]
+
+
+def held_out_ids() -> list[int]:
+    """The held-out text in the packaged model's tokens."""
+    from ai_space.llama.model import GGUFChatModel
+    from ai_space.models.packaged import resolve
+
+    source = resolve("pkg:smollm2", None)
+    assert source.gguf_path is not None
+    chat = GGUFChatModel(source.gguf_path)
+    ids = chat.vocab.encode(HELD_OUT)
+    chat.close()
+    return ids
+
+
 def agreement(threads: int) -> dict[str, float]:
     """Top-1 agreement (0-1) of llama.cpp and of transformers bf16 with transformers fp32."""
     from ai_space.llama.model import GGUFChatModel
@@ -103,4 +128,7 @@ def agreement(threads: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(agreement(int(sys.argv[1]) if len(sys.argv) > 1 else 2)))
+    if sys.argv[1:2] == ["--reference"]:
+        print(json.dumps(reference_tokens()))
+    else:
+        print(json.dumps(agreement(int(sys.argv[1]) if len(sys.argv) > 1 else 2)))

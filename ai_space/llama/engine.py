@@ -5,7 +5,8 @@ Each request gets a sequence id (a slot) in one llama.cpp context whose KV cache
 that is generating, then as many prompt tokens of newly admitted requests as fit in
 `n_batch`. Requests join between steps as soon as a slot and enough KV cache are free, and a
 request that ends frees both at once (`llama_memory_seq_rm`). Sampling, stop strings,
-streaming and cancellation are per request, in Python, from the logits of its last token.
+streaming and cancellation are per request, in Python; the next tokens of every request in
+a step are sampled together, in one numpy pass over the step's logits (sampling.pick_batch).
 
 A failure is contained: an error while handling one request ends that request; a failed
 `llama_decode` ends the requests in that batch. The loop itself keeps running; should it ever
@@ -26,7 +27,7 @@ from ai_space.errors import QueueFull
 from ai_space.generation import Delta, Finished, GenerationJob, TextTracker
 from ai_space.llama.constraints import Pieces, Shaper, check
 from ai_space.llama.model import GGUFChatModel
-from ai_space.llama.sampling import Sampler
+from ai_space.llama.sampling import Sampler, logits_rows, pick_batch
 
 log = logging.getLogger("ai_space")
 
@@ -180,9 +181,7 @@ class LlamaEngine:
             for seq in included:
                 self._finish(seq, "error", error=f"llama_decode returned {rc}")
             return True
-        size = len(self._running)
-        for index, seq in outputs.items():
-            self._after_decode(seq, index, size)
+        self._sample(outputs, len(self._running))
         return True
 
     def _admit(self) -> list[GenerationJob]:
@@ -262,13 +261,46 @@ class LlamaEngine:
         batch.n_tokens = n
         return outputs, included
 
-    def _after_decode(self, seq: _Seq, index: int, size: int) -> None:
+    def _sample(self, outputs: dict[int, _Seq], size: int) -> None:
+        """Pick every request's next token from this step's logits at once, and pass each on."""
+        order = sorted(outputs)  # llama.cpp keeps one row of logits per output, in batch order
+        seqs = [outputs[index] for index in order]
+        for seq in seqs:
+            if seq.next_token is None:
+                seq.job.batch_size = size  # its prompt finished in a batch of `size`
+        # A request with logit_bias, penalties, logprobs or a grammar goes through its own
+        # shaper (constraints.py), row by row; the rest are picked together.
+        plain = [i for i, seq in enumerate(seqs) if not seq.job.params.shaped]
+        for i, seq in enumerate(seqs):
+            if seq.job.params.shaped:
+                self._after_decode(seq, order[i])
+        if not plain:
+            return
+        try:
+            rows = logits_rows(llama_cpp.llama_get_logits(self.ctx), len(seqs), self.n_vocab)
+            if len(plain) < len(seqs):
+                rows = rows[plain]
+            tokens = pick_batch(rows, [seqs[i].sampler for i in plain])
+        except Exception:
+            # Something in one request broke the batch pass: sample one by one, so that only
+            # the request at fault ends.
+            log.exception("batch sampling failed; sampling this step request by request")
+            for i in plain:
+                self._after_decode(seqs[i], order[i])
+            return
+        for seq, token in zip((seqs[i] for i in plain), tokens, strict=True):
+            try:
+                if not seq.done:
+                    self._advance(seq, token)
+            except Exception as exc:
+                log.exception("generation failed for one request")
+                self._finish(seq, "error", error=type(exc).__name__)
+
+    def _after_decode(self, seq: _Seq, index: int) -> None:
         """Sample one request's next token from its logits and pass it on; contain errors."""
         try:
             if seq.done:
                 return
-            if seq.next_token is None:
-                seq.job.batch_size = size  # its prompt finished in a batch of `size`
             logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
             if seq.job.params.shaped:
                 if seq.shaper is None:

@@ -33,13 +33,16 @@ def init_backend() -> None:
         _backend_ready = True
 
 
-def load_gguf(path: Path, *, embeddings: bool = False) -> Any:
-    """Load a GGUF file's weights (memory-mapped, so pages are shared and read on demand)."""
+def load_gguf(path: Path, *, embeddings: bool = False, repack: bool = True) -> Any:
+    """Load a GGUF file's weights (memory-mapped, so pages are shared and read on demand);
+    with `repack`, the CPU backend may copy the tensors it has kernels for into interleaved
+    blocks (Q4_0 and IQ4_NL on AVX2)."""
     init_backend()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     params = llama_cpp.llama_model_default_params()
     params.use_mmap = True
+    params.use_extra_bufts = repack
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise ValueError(f"llama.cpp could not load {path.name}")
@@ -119,9 +122,9 @@ class Vocab:
 class GGUFChatModel:
     """The llama.cpp side of a chat model: weights, vocabulary and prompt formatting."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, repack: bool = True) -> None:
         self.path = path
-        self.model = load_gguf(path)
+        self.model = load_gguf(path, repack=repack)
         self.vocab = Vocab(self.model)
         self.train_context = int(llama_cpp.llama_model_n_ctx_train(self.model))
         source = meta(self.model, "tokenizer.chat_template")

@@ -4,7 +4,7 @@ an explicit ENGINE=llama.cpp refuse to start. The probe children here are real p
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,15 @@ SIGILL_CHILD = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), s
 SMOLLM2 = resolve("pkg:smollm2", None).gguf_path
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Derived weights go into a folder of this test's own, not the user's cache."""
+    folder = tmp_path_factory.mktemp("gguf")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GGUF_CACHE", str(folder))
+        yield folder
 
 
 def _settings(**values: object) -> Settings:
@@ -62,15 +71,18 @@ def test_explicit_llama_cpp_refuses_to_start_when_the_probe_dies() -> None:
     assert "illegal instruction" in message and "ENGINE=auto" in message
 
 
-def test_the_real_probe_passes_here_and_health_says_why() -> None:
-    """GIVEN the installed llama.cpp build and the packaged GGUF WHEN the real probe runs THEN it
-    decodes, and auto chooses llama.cpp with the self-check in its reason."""
+def test_the_real_probe_passes_here_on_the_weights_that_will_serve(gguf_cache: Path) -> None:
+    """GIVEN the installed llama.cpp build, the packaged GGUF and WEIGHTS=auto WHEN the real
+    probe runs THEN it decodes the derived weights the engine will serve (made into GGUF_CACHE
+    by the probe, so the server's load reuses them), and auto chooses llama.cpp with the
+    self-check in its reason."""
     assert SMOLLM2 is not None
-    probe = run_probe(SMOLLM2, threads=2, kv_type="q8_0")
-    assert probe.ok, probe.detail
+    assert run_probe(SMOLLM2, threads=2, kv_type="q8_0").ok
+    assert not list(gguf_cache.glob("*.gguf"))  # the file as shipped derives nothing
     choice = decide_engine(_settings())
     assert choice.name == "llama.cpp"
     assert "self-check passed" in choice.reason
+    assert [p.name.split("-")[-3] for p in gguf_cache.glob("*.gguf")] == ["q8_0"]
 
 
 @pytest.mark.parametrize(("command", "expected"), [
