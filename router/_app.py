@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
 
 import httpx
@@ -29,6 +29,7 @@ from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, Http
 from router._policy import Policy
 from router._quota import Quotas
 from router._status import error_response
+from router._telemetry import Observer, RequestRecord, error_code, int_or_zero, usage_counts
 from router._wake import SpaceHub, SpaceWaker
 
 log = logging.getLogger("router.request")
@@ -61,6 +62,8 @@ class ChatRouter:
         self.endpoints = Endpoints(settings, self.engine, self.policy, self.quotas)
         self.loop = LoopThread()
         self.last_wake_wait_s = 0.0
+        # The function's default does nothing; the service installs its metrics (`observe`).
+        self.observer = Observer()
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -70,6 +73,11 @@ class ChatRouter:
             ("POST", "/ai/embeddings"): self.endpoints.ai_embeddings,
             ("GET", "/health"): self.health,
         }
+
+    def observe(self, observer: Observer) -> None:
+        """Tell `observer` about every request and every wake of the Space from now on."""
+        self.observer = observer
+        self.engine.waker.on_checked = observer.wake_checked
 
     def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
         """The function's path: answer on the container's loop, then give a Space wake still
@@ -126,7 +134,40 @@ class ChatRouter:
         response.headers["x-request-id"] = request_id
         response.headers.update(self.cors.headers_for(request.header("origin")))
         self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
+        if self.observer.active:
+            self._record(request, response, started)
         return response
+
+    def _record(self, request: HttpRequest, response: HttpResponse, started: float) -> None:
+        headers = response.headers
+        prompt, completion = usage_counts(response.usage)
+        record = RequestRecord(
+            request.method, request.path, response.status, headers.get("x-chat-route"),
+            headers.get("x-chat-backend"), headers.get("x-chat-fallback"),
+            int_or_zero(headers.get("x-chat-attempts")), time.monotonic() - started,
+            error_code(response.status, response.body), prompt, completion)
+        if response.stream is None or response.facts is None:
+            self.observer.request_done(record)
+            return
+        # A true stream is counted when its last chunk has gone, with the facts it ended on.
+        response.stream = self._observed(response.stream, response, record, started)
+
+    async def _observed(self, stream: AsyncIterator[str], response: HttpResponse,
+                        record: RequestRecord, started: float) -> AsyncIterator[str]:
+        first_token_s = time.monotonic() - started  # the first chunk is in hand already
+        try:
+            async for text in stream:
+                yield text
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            facts = response.facts
+            assert facts is not None
+            prompt, completion = usage_counts(facts.usage)
+            self.observer.request_done(replace(
+                record, backend=facts.backend or record.backend, fallback=facts.fallback,
+                attempts=facts.attempts, duration_s=time.monotonic() - started,
+                prompt_tokens=prompt, completion_tokens=completion, streamed=True,
+                first_token_s=first_token_s))
 
     async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         if request.method == "OPTIONS":
