@@ -29,7 +29,14 @@ from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, Http
 from router._policy import Policy
 from router._quota import Quotas
 from router._status import error_response
-from router._telemetry import Observer, RequestRecord, error_code, int_or_zero, usage_counts
+from router._telemetry import (
+    Observer,
+    Observers,
+    RequestRecord,
+    error_code,
+    int_or_zero,
+    usage_counts,
+)
 from router._wake import SpaceHub, SpaceWaker
 
 log = logging.getLogger("router.request")
@@ -63,7 +70,12 @@ class ChatRouter:
         self.loop = LoopThread()
         self.last_wake_wait_s = 0.0
         # The function's default does nothing; the service installs its metrics (`observe`).
-        self.observer = Observer()
+        self.observer: Observer = Observer()
+        if settings.otel_exporter_otlp_endpoint:
+            # Loaded only when traces are exported: the cold start of `ask` never pays for it.
+            from router._tracing import Tracer
+
+            self.observe(Tracer(settings))
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -75,9 +87,12 @@ class ChatRouter:
         }
 
     def observe(self, observer: Observer) -> None:
-        """Tell `observer` about every request and every wake of the Space from now on."""
-        self.observer = observer
-        self.engine.waker.on_checked = observer.wake_checked
+        """Tell `observer` (too) about every request and every wake of the Space from now on."""
+        current = self.observer
+        members = current.members if isinstance(current, Observers) else [current]
+        self.observer = Observers([*(m for m in members if m.active), observer])
+        self.engine.observer = self.observer
+        self.engine.waker.on_checked = self.observer.wake_checked
 
     def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
         """The function's path: answer on the container's loop, then give a Space wake still
@@ -86,6 +101,8 @@ class ChatRouter:
         # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
         self.last_wake_wait_s = self.engine.waker.settle(
             min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
+        if self.observer.active:
+            self.observer.flush(WAKE_JOIN_CAP_S)  # the spans leave before the freeze, too
         return response
 
     async def handle_async(self, request: HttpRequest, platform_remaining_ms: int | None
@@ -93,6 +110,8 @@ class ChatRouter:
         """Answer one request; never raises, never answers after the deadline."""
         request_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
+        if self.observer.active:
+            self.observer.request_started(request.headers)
         try:
             deadline = Deadline.for_request(
                 self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
