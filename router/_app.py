@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -29,14 +30,10 @@ from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, Http
 from router._policy import Policy
 from router._quota import Quotas
 from router._status import error_response
-from router._telemetry import (
-    Observer,
-    Observers,
-    RequestRecord,
-    error_code,
-    int_or_zero,
-    usage_counts,
-)
+from router._telemetry import Observer, Observers
+
+if TYPE_CHECKING:
+    from router._record import RequestRecord
 from router._wake import SpaceHub, SpaceWaker
 
 log = logging.getLogger("router.request")
@@ -158,6 +155,8 @@ class ChatRouter:
         return response
 
     def _record(self, request: HttpRequest, response: HttpResponse, started: float) -> None:
+        from router._record import RequestRecord, error_code, int_or_zero, usage_counts
+
         headers = response.headers
         prompt, completion = usage_counts(response.usage)
         record = RequestRecord(
@@ -173,6 +172,8 @@ class ChatRouter:
 
     async def _observed(self, stream: AsyncIterator[str], response: HttpResponse,
                         record: RequestRecord, started: float) -> AsyncIterator[str]:
+        from router._record import usage_counts
+
         first_token_s = time.monotonic() - started  # the first chunk is in hand already
         try:
             async for text in stream:

@@ -14,14 +14,20 @@ counts and statuses: never a prompt, a token, a key or a URL.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from router._backends import shared_tls
 from router._config import Settings
-from router._telemetry import TRACE, Observer, RequestRecord, RequestTrace, SpanTimes, trace_from
+from router._record import RequestRecord
+from router._telemetry import TRACE, Observer
 
 log = logging.getLogger("router.trace")
 
@@ -32,6 +38,55 @@ MAX_QUEUED = 512
 EXPORT_TIMEOUT_S = 5.0
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/ai/chat", "/ai/generate"})
 EMBEDDING_PATHS = frozenset({"/v1/embeddings", "/ai/embeddings"})
+
+
+@dataclass(slots=True)
+class SpanTimes:
+    """One request sent to a backend, as a span: its ids, times (Unix ns) and verdict."""
+
+    span_id: str
+    backend: str
+    number: int
+    start_ns: int
+    end_ns: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """One request's trace: the caller's context (W3C `traceparent`), and its attempts."""
+
+    trace_id: str
+    parent_span_id: str | None
+    span_id: str = field(default_factory=lambda: os.urandom(8).hex())
+    start_ns: int = field(default_factory=time.time_ns)
+    attempts: list[SpanTimes] = field(default_factory=list)
+
+    def outgoing(self, backend: str) -> str:
+        """Start an attempt span (ending the one before) and give the `traceparent` that
+        passes it on to the backend."""
+        self.end_attempt(None)
+        attempt = SpanTimes(os.urandom(8).hex(), backend, len(self.attempts) + 1,
+                            time.time_ns())
+        self.attempts.append(attempt)
+        return f"00-{self.trace_id}-{attempt.span_id}-01"
+
+    def end_attempt(self, error: str | None) -> None:
+        """End the attempt in flight, if any, with its failure reason (None: no failure)."""
+        if self.attempts and not self.attempts[-1].end_ns:
+            self.attempts[-1].end_ns = time.time_ns()
+            self.attempts[-1].error = error
+
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def trace_from(headers: Mapping[str, str]) -> RequestTrace:
+    """A new request trace, continuing the caller's `traceparent` when it is well formed."""
+    match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
+    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        return RequestTrace(match.group(1), match.group(2))
+    return RequestTrace(os.urandom(16).hex(), None)
 
 
 def _value(value: Any) -> dict[str, Any]:
@@ -71,7 +126,8 @@ class Tracer(Observer):
         self._client = httpx.Client(
             base_url=settings.otel_exporter_otlp_endpoint, headers=headers,
             timeout=EXPORT_TIMEOUT_S, trust_env=False,
-            transport=transport or httpx.HTTPTransport(retries=0))
+            # The backends' TLS context: loading the CA bundle again would cost ~20 ms.
+            transport=transport or httpx.HTTPTransport(retries=0, verify=shared_tls()))
         self._cond = threading.Condition()
         self._queue: list[list[dict[str, Any]]] = []
         self._busy = False
