@@ -8,7 +8,9 @@ behind HF's edge, the Hub a fake on loopback, the service the real `router_servi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +26,9 @@ from tests.support.service import serve_main
 pytestmark = pytest.mark.slow
 
 PROMPT = "metrics-prompt-7d3f please say something"
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+# Served by llama.cpp's engine only (the tiny worker here runs transformers).
+LLAMA_ONLY = {"ai_space_kv_cache_usage_ratio"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -95,7 +100,8 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
     THEN the service's /metrics count each request under its route, backend, fallback and
     status, the attempts, tokens and first token the answers reported, one wake and its time
     back, one quota refusal; the worker's /metrics count its two generations and their tokens;
-    and no sample carries the prompt, a token or a backend URL."""
+    the Grafana dashboard graphs only names the two serve; and no sample carries the prompt, a
+    token or a backend URL."""
     service, space, hub = stack["service"], stack["space"], stack["hub"]
     base = service.function_url
     metrics_url = f"http://{service.host}:{service.port}/metrics"
@@ -168,6 +174,13 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
     assert worker1[("ai_space_queue_depth", ())] == 0
     assert worker1[("ai_space_running_requests", ())] == 0
     assert ("ai_space_engine_info", (("device", "cpu"), ("engine", "transformers"))) in worker1
+
+    # The dashboard graphs only metrics that the two servers really serve.
+    served_names = {name for name, _ in (*router1, *worker1)}
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]
+             for t in p.get("targets", [])]
+    wanted = {n for e in exprs for n in re.findall(r"\b(?:router|ai_space)_[a-z_]+", e)}
+    assert wanted and wanted - LLAMA_ONLY <= served_names, wanted - served_names
 
     for leak in (PROMPT, "metrics-prompt", WORKER_API_TOKEN, SPACE_TOKEN, HF_TOKEN,
                  *stack["urls"], "127.0.0.1"):
