@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -146,8 +145,3 @@ class ServerMetrics:
         """GET /metrics: Prometheus' text format."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 
-
-def metrics_of(app: Any) -> ServerMetrics:
-    """The app's metrics (tests and the bench read them)."""
-    metrics: ServerMetrics = app.state.host.metrics
-    return metrics
