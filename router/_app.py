@@ -31,10 +31,10 @@ from router._policy import Policy
 from router._quota import Quotas
 from router._status import error_response
 from router._telemetry import Observer, Observers
+from router._wake import SpaceHub, SpaceWaker
 
 if TYPE_CHECKING:
     from router._record import RequestRecord
-from router._wake import SpaceHub, SpaceWaker
 
 log = logging.getLogger("router.request")
 
