@@ -172,11 +172,13 @@ class ChatRouter:
 
     async def _observed(self, stream: AsyncIterator[str], response: HttpResponse,
                         record: RequestRecord, started: float) -> AsyncIterator[str]:
-        from router._record import usage_counts
+        from router._record import stream_error_code, usage_counts
 
         first_token_s = time.monotonic() - started  # the first chunk is in hand already
+        last = ""
         try:
             async for text in stream:
+                last = text
                 yield text
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -187,7 +189,7 @@ class ChatRouter:
                 record, backend=facts.backend or record.backend, fallback=facts.fallback,
                 attempts=facts.attempts, duration_s=time.monotonic() - started,
                 prompt_tokens=prompt, completion_tokens=completion, streamed=True,
-                first_token_s=first_token_s))
+                first_token_s=first_token_s, code=stream_error_code(last)))
 
     async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         if request.method == "OPTIONS":

@@ -24,7 +24,8 @@ class RequestRecord:
     attempts: int
     # Seconds from the request's arrival to its whole answer (a stream's last chunk).
     duration_s: float
-    # Our error code for a refusal or failure (`rate_limited`, `deadline_exceeded`...).
+    # Our error code for a refusal or failure (`rate_limited`, `deadline_exceeded`...); for a
+    # true stream (status 200, its headers long gone), the error event that ended it.
     code: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -57,3 +58,11 @@ def error_code(status: int, body: str) -> str | None:
 def int_or_zero(value: str | None) -> int:
     """A header's integer (x-chat-attempts), or 0."""
     return int(value) if value and value.isdigit() else 0
+
+
+def stream_error_code(last_event: str) -> str | None:
+    """The code of the `error` event a true stream ended with (no backend could finish it),
+    or None when it ended well."""
+    if not last_event.startswith('data: {"error"'):
+        return None
+    return error_code(500, last_event[6:])

@@ -183,13 +183,13 @@ class Tracer(Observer):
                 "gen_ai.usage.output_tokens": record.completion_tokens,
                 "http.request.method": record.method,
                 "http.response.status_code": record.status,
-                "error.type": record.code if record.status >= 400 else None,
+                "error.type": record.code,
                 "chat.route": record.route, "chat.backend": record.backend,
                 "chat.fallback": record.fallback, "chat.attempts": record.attempts,
                 "chat.streamed": record.streamed})}
         if trace.parent_span_id:
             span["parentSpanId"] = trace.parent_span_id
-        if record.status >= 500:
+        if record.status >= 500 or (record.streamed and record.code):
             span["status"] = {"code": STATUS_ERROR}
         return span
 

@@ -67,6 +67,9 @@ class RouterMetrics(Observer):
         self.tokens = Counter(
             "router_tokens", "Tokens the backends counted, in (prompt) and out (completion)",
             ["backend", "direction"], registry=registry)
+        self.stream_failures = Counter(
+            "router_stream_failures", "True streams that ended with an error event after content "
+            "(status 200: the headers had gone)", ["code"], registry=registry)
         self.quota = Counter(
             "router_quota_refusals", "Requests a quota refused (429) or kept from the Space",
             ["quota"], registry=registry)
@@ -95,6 +98,8 @@ class RouterMetrics(Observer):
             self.tokens.labels(backend, "in").inc(record.prompt_tokens)
         if record.completion_tokens is not None:
             self.tokens.labels(backend, "out").inc(record.completion_tokens)
+        if record.streamed and record.code:
+            self.stream_failures.labels(record.code).inc()
         if record.status == 429:
             self.quota.labels("requests").inc()
         elif record.fallback == "quota":

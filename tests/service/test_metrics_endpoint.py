@@ -3,11 +3,15 @@ off with METRICS=false."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from router_service import ServiceLimits
 from tests.conftest import WORKER_TOKEN
 from tests.fakes.openai_backend import FakeBackend
+from tests.fakes.stream_backend import StreamBackend
+from tests.support.loopback import LoopbackServer
 from tests.support.service import serve_main
 
 KEY = "metrics-key-0f3a9b7c2d"
@@ -52,3 +56,28 @@ def test_metrics_off_serves_no_scrape_target(make_main, worker: FakeBackend):
         service.stop()
     assert answer.status_code == 404
     assert not main.__globals__["FUNCTION"].router().observer.active
+
+
+def test_a_stream_no_backend_could_finish_is_counted_as_failed(make_main):
+    """GIVEN the service whose only backend cuts its streams after 3 tokens WHEN a client
+    streams a chat THEN it gets 200, content, then an error event; and /metrics counts one
+    stream failure under that event's code, beside the request's 200."""
+    fake = StreamBackend("worker", mode="cut", after=3)
+    with LoopbackServer(fake) as server:
+        main = make_main({"WORKER_URL": server.url, "WORKER_TOKEN": WORKER_TOKEN})
+        service = serve_main(main, namespace="scrape", port=0)
+        try:
+            with httpx.Client(timeout=10) as client:
+                with client.stream("POST", service.function_url + "/v1/chat/completions",
+                                   json={"stream": True, "messages": [
+                                       {"role": "user", "content": "hi"}]}) as response:
+                    events = [line for line in response.iter_lines()
+                              if line.startswith("data: ")]
+                scraped = client.get(f"http://{service.host}:{service.port}/metrics").text
+        finally:
+            service.stop()
+    code = json.loads(events[-1][6:])["error"]["code"]
+    assert response.status_code == 200 and len(events) > 1
+    assert f'router_stream_failures_total{{code="{code}"}} 1.0' in scraped
+    assert ('router_requests_total{backend="worker",fallback="none",route="worker",'
+            'status="200"} 1.0') in scraped
