@@ -182,7 +182,9 @@ def light_plan(worker: FakeBackend, space: FakeBackend, *, ready_timeout_s: floa
             "worker_url": worker.url, "worker_token": WORKER_TOKEN, "space_url": edge_url,
             "space_app_url": space.url, "space_token": SPACE_TOKEN, "space_id": SPACE_ID,
             "hub_endpoint": edge_url, "hub_token": HF_TOKEN, "space_model": "fake",
-            "api_keys": False}
+            "api_keys": False, "metrics_url": f"{gw_url}/metrics",
+            "worker_metrics_url": f"{worker.url}/metrics",
+            "space_metrics_url": f"{space.url}/metrics"}
     return Plan(StackConfig(ready_timeout_s=ready_timeout_s), ports,
                 {"hub": HF_TOKEN}, children, info)
 
