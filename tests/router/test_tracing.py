@@ -5,7 +5,9 @@ real OTLP/HTTP receiver on loopback before `main` returns."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,23 @@ def test_the_functions_spans_leave_before_main_returns(make_main, worker: FakeBa
     for leak in (WORKER_TOKEN, SPACE_TOKEN, HF_TOKEN, worker.url, space.url, otlp.url,
                  prompt["content"]):
         assert leak not in exported, leak
+
+
+def test_a_collector_that_is_down_costs_the_answer_nothing(make_main, worker: FakeBackend,
+                                                             caplog):
+    """GIVEN the function exporting to a collector address where nothing listens WHEN it
+    answers a chat THEN the answer is the worker's 200, and one warning says the traces were
+    not exported, naming the error's type only (no collector URL)."""
+    with socket.socket() as sock:  # a free port, closed again: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    main = make_main({"WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN,
+                      "OTEL_EXPORTER_OTLP_ENDPOINT": closed})
+    with caplog.at_level(logging.WARNING, logger="router.trace"):
+        answer = main(load_event("chat_completions"), FunctionContext.with_timeout(20_000))
+        main.__globals__["FUNCTION"].router().observer.flush(5)
+    assert answer["statusCode"] == 200
+    warnings = [r for r in caplog.records if r.name == "router.trace"]
+    assert [r.getMessage() for r in warnings] == ["traces not exported"]
+    assert warnings[0].fields == {"exc_type": "ConnectError", "spans": 2}  # type: ignore[attr-defined]
+    assert closed not in caplog.text
