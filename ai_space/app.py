@@ -39,6 +39,9 @@ def create_app(settings: Settings, hooks: Hooks | None = None) -> FastAPI:
     app.state.host = host
     install_handlers(app)
     app.include_router(router)
+    # Behind the same token as the API (BearerAuth guards every path but /health).
+    app.add_api_route("/metrics", host.metrics.endpoint, methods=["GET"],
+                      include_in_schema=False)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Added last, so it runs first: a caller without the token learns nothing else.
     if settings.api_token is not None and settings.auth_required:

@@ -22,6 +22,7 @@ from ai_space.engine import (
     runs_on_cpu,
 )
 from ai_space.generation import Finished
+from ai_space.metrics import ServerMetrics
 from ai_space.selfcheck import PROBE_COMMAND
 
 log = logging.getLogger("ai_space")
@@ -73,6 +74,8 @@ class ModelHost:
         self.chat: ChatFormat | None = None
         self.embedder: TextEmbedder | None = None
         self.batcher: Engine | None = None
+        # /metrics (ai_space/metrics.py): the engine is wrapped once it has loaded.
+        self.metrics = ServerMetrics(self.engine, self.device)
         self._done = threading.Event()
         self._closing = threading.Event()
 
@@ -110,7 +113,7 @@ class ModelHost:
             else:
                 chat, batcher = self._load_transformers()
             batcher.start()
-            self.chat, self.batcher = chat, batcher
+            self.chat, self.batcher = chat, self.metrics.wrap(batcher)
             if self._closing.is_set():
                 batcher.stop()
                 return

@@ -5,6 +5,12 @@ DigitalOcean's runtime does, timed from after the virtualenv's activation. LiteL
 own venv (-I). Each case reports its own peak RSS (ru_maxrss).
 
     .venv/bin/python -m bench.cold --importtime    # -X importtime of the entry, top self times
+    .venv/bin/python -m bench.cold --tracing [--baseline REF]   # tracing off / on / before it
+
+`--tracing` times the entry three ways, taking turns: as built (tracing off), with
+OTEL_EXPORTER_OTLP_ENDPOINT set to an OTLP receiver on loopback (the /health span is exported
+before `main` returns), and with the runtime of REF (default: where this branch left main)
+in its place, the cold start before issue 20.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -19,7 +26,9 @@ from pathlib import Path
 
 from bench.alternatives import ensure_litellm, litellm_cold_run
 from bench.common import median
-from tests.support.artifact import ACTIVATE, bare_python, build_ask, run_in_artifact
+from tests.fakes.otlp import OtlpReceiver
+from tests.support.artifact import ACTIVATE, ROOT, bare_python, build_ask, run_in_artifact
+from tests.support.loopback import LoopbackServer
 
 ENTRY = """
 import time; t0 = time.perf_counter()
@@ -116,6 +125,47 @@ def cold(runs: int, *, alternatives: bool = True) -> tuple[Figures, dict[str, st
              for name, runs_ in samples.items()}, skipped)
 
 
+TRACED_CASE = "`ask` entry + one /health, tracing on (span exported)"
+BEFORE_CASE = "`ask` entry + one /health, the runtime before issue 20"
+AGAIN_CASE = "`ask` entry import + one /health, again (A/A control)"
+
+
+def runtime_at(fn_dir: Path, ref: str, dest: Path) -> Path:
+    """A copy of the built function whose `router/` is the runtime as it was at `ref`."""
+    shutil.copytree(fn_dir, dest, symlinks=True)
+    shutil.rmtree(dest / "router")
+    archive = subprocess.run(["git", "archive", ref, "router"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / "router" / "__main__.py").unlink(missing_ok=True)  # build.sh leaves it out
+    return dest
+
+
+def tracing(runs: int, baseline: str) -> Figures:
+    """Median ms and peak RSS of the entry with tracing off, on, and before issue 20."""
+    receiver = OtlpReceiver()
+    with tempfile.TemporaryDirectory() as tmp, LoopbackServer(receiver) as otlp:
+        fn_dir = build_ask(Path(tmp) / "project")
+        before = runtime_at(fn_dir, baseline, Path(tmp) / "before" / "packages" / "chat" / "ask")
+        cases = {ENTRY_CASE: artifact_case(fn_dir, ENTRY),
+                 TRACED_CASE: artifact_case(fn_dir, ENTRY, {
+                     **ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url}),
+                 BEFORE_CASE: artifact_case(before, ENTRY),
+                 # The first case again, last in each round: the spread an A/A pair shows.
+                 AGAIN_CASE: artifact_case(fn_dir, ENTRY)}
+        for case in cases.values():
+            case()  # one untimed run each: warm disk caches and .pyc files
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, case in cases.items():
+                samples[name].append(case())
+        if len(receiver.spans) != runs + 1:
+            raise RuntimeError(f"{len(receiver.spans)} spans arrived for {runs + 1} requests")
+    return {name: {"median_ms": median([s["ms"] for s in runs_]),
+                   "peak_rss_mib": max(s["rss_kib"] for s in runs_) / 1024}
+            for name, runs_ in samples.items()}
+
+
 def importtime(top: int = 25) -> str:
     """`-X importtime` of the entry + /health in the built function: the top self times."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,8 +192,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--importtime", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--tracing", action="store_true")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--baseline", default="")
     args = parser.parse_args()
-    if args.importtime:
+    if args.tracing:
+        baseline = args.baseline or subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True,
+            check=True).stdout.strip()
+        figures = tracing(args.runs, baseline)
+        print(json.dumps({"baseline": baseline[:12], "runs": args.runs, "figures": figures},
+                         indent=1))
+    elif args.importtime:
         print(importtime(args.top))
     else:
         figures, skipped = cold(5)

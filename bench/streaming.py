@@ -9,6 +9,7 @@ latency of every chunk is measured on one clock; a `stream: false` request is an
 meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
 
     .venv/bin/python -m bench.streaming [--streams 200]
+    .venv/bin/python -m bench.streaming --metrics [--streams 400]   # METRICS on vs off
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def _serve_backend(port: int) -> None:
 
 
 @contextmanager
-def _processes() -> Iterator[tuple[str, str]]:
-    """(backend URL, service function URL), both ready."""
-    bport, sport = free_port(), free_port()
+def _processes(metrics: tuple[str, ...] = ("true",)) -> Iterator[tuple[str, ...]]:
+    """(backend URL, one service function URL per METRICS value), all ready."""
+    bport, sports = free_port(), [free_port() for _ in metrics]
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         env_file = Path(tmp) / "bench.env"
@@ -92,16 +93,19 @@ def _processes() -> Iterator[tuple[str, str]]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve",
                                        str(bport)], cwd=ROOT, env=env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "router", "serve", "--port",
-                                       str(sport), "--namespace", "bench", "--env-file",
-                                       str(env_file)], cwd=ROOT, env=env,
-                                      stderr=subprocess.DEVNULL))
+        for sport, on in zip(sports, metrics, strict=True):
+            procs.append(subprocess.Popen([sys.executable, "-m", "router", "serve", "--port",
+                                           str(sport), "--namespace", "bench", "--env-file",
+                                           str(env_file)], cwd=ROOT,
+                                          env={**env, "METRICS": on},
+                                          stderr=subprocess.DEVNULL))
         backend = f"http://127.0.0.1:{bport}"
-        function = f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask"
+        functions = [f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask" for sport in sports]
         try:
-            _wait(function + "/health")
+            for function in functions:
+                _wait(function + "/health")
             _wait(backend + "/", status=None)
-            yield backend, function
+            yield backend, *functions
         finally:
             for proc in procs:
                 proc.terminate()
@@ -258,6 +262,50 @@ def streaming(streams: int = 200, rate_s: float = 10.0, concurrency: int = 32
     return out
 
 
+def metrics_cost(streams: int = 400) -> dict[str, Any]:
+    """Time to first token through two services, METRICS on and off, taking turns; and the
+    observer's own work on that path (record + stream wrapper), timed in-process."""
+    with _processes(("true", "false")) as (_, on, off):
+        body = _body(4, 0)
+        firsts: dict[str, list[float]] = {"on": [], "off": []}
+        with httpx.Client(timeout=30) as client:
+            for index in range(streams + 20):
+                for name, url in (("on", on), ("off", off)):
+                    first, _ = _one_stream(client, url + "/v1/chat/completions", body)
+                    if index >= 20:  # the first twenty warm the pools
+                        firsts[name].append(first)
+    out: dict[str, Any] = {name: {"ttft_p50": pct(v, 50), "ttft_p90": pct(v, 90)}
+                           for name, v in firsts.items()}
+    out["added_p50_ms"] = out["on"]["ttft_p50"] - out["off"]["ttft_p50"]
+    out["observer_us"] = _observer_us()
+    out["streams"] = streams
+    return out
+
+
+def _observer_us(rounds: int = 20_000) -> float:
+    """Microseconds the metrics add before a stream's first chunk goes out: the record and the
+    stream wrapper that `ChatRouter._finish` makes (the counting runs after the last chunk)."""
+    from router._app import ChatRouter
+    from router._config import Settings
+    from router._http_types import HttpRequest, HttpResponse
+    from router._streaming import StreamFacts
+    from router_service._metrics import RouterMetrics
+
+    router = ChatRouter(Settings(worker_url="http://127.0.0.1:9"))
+    router.observe(RouterMetrics(router.engine.breaker_states))
+    request = HttpRequest("POST", "/v1/chat/completions", {})
+
+    async def empty() -> Any:
+        yield "data: {}\n\n"
+
+    started = time.perf_counter()
+    for _ in range(rounds):
+        response = HttpResponse(200, "", {"x-chat-backend": "worker", "x-chat-attempts": "1"},
+                                stream=empty(), facts=StreamFacts(route="worker"))
+        router._record(request, response, started)
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
 def rows(fig: dict[str, Any]) -> list[str]:
     """The bench table's rows for the service."""
     lat, crowd, rate, bare = fig["latency"], fig["crowd"], fig["rate"], fig["crowd_direct"]
@@ -295,9 +343,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", type=int)
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--metrics", action="store_true",
+                        help="only the time to first token with METRICS on vs off")
     args = parser.parse_args()
     if args.serve:
         _serve_backend(args.serve)
+        return
+    if args.metrics:
+        sys.stdout.write(json.dumps(metrics_cost(args.streams), indent=1) + "\n")
         return
     fig = streaming(args.streams)
     sys.stdout.write(json.dumps(fig, indent=1) + "\n" + "\n".join(rows(fig)) + "\n")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -29,7 +30,11 @@ from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, Http
 from router._policy import Policy
 from router._quota import Quotas
 from router._status import error_response
+from router._telemetry import Observer, Observers
 from router._wake import SpaceHub, SpaceWaker
+
+if TYPE_CHECKING:
+    from router._record import RequestRecord
 
 log = logging.getLogger("router.request")
 
@@ -61,6 +66,13 @@ class ChatRouter:
         self.endpoints = Endpoints(settings, self.engine, self.policy, self.quotas)
         self.loop = LoopThread()
         self.last_wake_wait_s = 0.0
+        # The function's default does nothing; the service installs its metrics (`observe`).
+        self.observer: Observer = Observer()
+        if settings.otel_exporter_otlp_endpoint:
+            # Loaded only when traces are exported: the cold start of `ask` never pays for it.
+            from router._tracing import Tracer
+
+            self.observe(Tracer(settings))
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self.endpoints.chat_completions,
             ("POST", "/v1/embeddings"): self.endpoints.embeddings,
@@ -71,6 +83,14 @@ class ChatRouter:
             ("GET", "/health"): self.health,
         }
 
+    def observe(self, observer: Observer) -> None:
+        """Tell `observer` (too) about every request and every wake of the Space from now on."""
+        current = self.observer
+        members = current.members if isinstance(current, Observers) else [current]
+        self.observer = Observers([*(m for m in members if m.active), observer])
+        self.engine.observer = self.observer
+        self.engine.waker.on_checked = self.observer.wake_checked
+
     def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
         """The function's path: answer on the container's loop, then give a Space wake still
         in flight a bounded moment to leave before the platform freezes the container."""
@@ -78,6 +98,8 @@ class ChatRouter:
         # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
         self.last_wake_wait_s = self.engine.waker.settle(
             min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
+        if self.observer.active:
+            self.observer.flush(WAKE_JOIN_CAP_S)  # the spans leave before the freeze, too
         return response
 
     async def handle_async(self, request: HttpRequest, platform_remaining_ms: int | None
@@ -85,6 +107,8 @@ class ChatRouter:
         """Answer one request; never raises, never answers after the deadline."""
         request_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
+        if self.observer.active:
+            self.observer.request_started(request.headers)
         try:
             deadline = Deadline.for_request(
                 self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
@@ -126,7 +150,46 @@ class ChatRouter:
         response.headers["x-request-id"] = request_id
         response.headers.update(self.cors.headers_for(request.header("origin")))
         self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
+        if self.observer.active:
+            self._record(request, response, started)
         return response
+
+    def _record(self, request: HttpRequest, response: HttpResponse, started: float) -> None:
+        from router._record import RequestRecord, error_code, int_or_zero, usage_counts
+
+        headers = response.headers
+        prompt, completion = usage_counts(response.usage)
+        record = RequestRecord(
+            request.method, request.path, response.status, headers.get("x-chat-route"),
+            headers.get("x-chat-backend"), headers.get("x-chat-fallback"),
+            int_or_zero(headers.get("x-chat-attempts")), time.monotonic() - started,
+            error_code(response.status, response.body), prompt, completion)
+        if response.stream is None or response.facts is None:
+            self.observer.request_done(record)
+            return
+        # A true stream is counted when its last chunk has gone, with the facts it ended on.
+        response.stream = self._observed(response.stream, response, record, started)
+
+    async def _observed(self, stream: AsyncIterator[str], response: HttpResponse,
+                        record: RequestRecord, started: float) -> AsyncIterator[str]:
+        from router._record import stream_error_code, usage_counts
+
+        first_token_s = time.monotonic() - started  # the first chunk is in hand already
+        last = ""
+        try:
+            async for text in stream:
+                last = text
+                yield text
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            facts = response.facts
+            assert facts is not None
+            prompt, completion = usage_counts(facts.usage)
+            self.observer.request_done(replace(
+                record, backend=facts.backend or record.backend, fallback=facts.fallback,
+                attempts=facts.attempts, duration_s=time.monotonic() - started,
+                prompt_tokens=prompt, completion_tokens=completion, streamed=True,
+                first_token_s=first_token_s, code=stream_error_code(last)))
 
     async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         if request.method == "OPTIONS":

@@ -27,6 +27,7 @@ from router._stream_read import (
     read_chunks,
     usage_in,
 )
+from router._telemetry import trace_hook
 
 # The platform cuts answers at 1 MB; a backend answer past twice that is refused while reading.
 MAX_ANSWER_BYTES = 2 * 1024 * 1024
@@ -110,6 +111,8 @@ class Backend:
                                 max_keepalive_connections=POOL_KEEPALIVE, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
+            # Each request, while traced, is an attempt span and carries `traceparent` on.
+            event_hooks={"request": [trace_hook(self.name)]},
         )
 
     def _lease(self) -> int:

@@ -120,6 +120,11 @@ class Settings(BaseModel):
     model_aliases: tuple[str, ...] = ()
 
     log_level: LogLevel = "INFO"
+    # Traces (router/_tracing.py), OpenTelemetry's variables: exported over OTLP/HTTP (JSON)
+    # to `<endpoint>/v1/traces` only when the endpoint is set. Headers: `k=v,k=v` (secret).
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_headers: str = ""
+    otel_service_name: str = "chat-router"
 
     # Keep-warm window, off-hours rule and the warmup function (router/_schedule.py, warmup.py).
     warm_schedule: str = ""
@@ -158,7 +163,8 @@ class Settings(BaseModel):
                     raise ValueError("must be valid UTF-8 text") from None
         return value
 
-    @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url")
+    @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url",
+                     "otel_exporter_otlp_endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value:
@@ -268,8 +274,14 @@ class Settings(BaseModel):
         """Values that must never appear in an answer or a log line."""
         values = (self.worker_token, self.space_token, self.hf_token, self.worker_url,
                   self.space_url, self.client_token_secret, self.redis_url,
-                  urlsplit(self.redis_url).password or "", *self.api_keys)
+                  urlsplit(self.redis_url).password or "", *self.api_keys,
+                  self.otel_exporter_otlp_headers, *self.otel_header_values())
         return tuple(v for v in values if len(v) >= 4)
+
+    def otel_header_values(self) -> tuple[str, ...]:
+        """The values of OTEL_EXPORTER_OTLP_HEADERS (`k=v,k=v`): a collector's credentials."""
+        return tuple(value.strip() for _, _, value in (
+            item.partition("=") for item in self.otel_exporter_otlp_headers.split(",")) if value)
 
     def private_hosts(self) -> tuple[str, ...]:
         """The backends' and Redis' host names: kept out of answers even without a scheme."""

@@ -102,6 +102,13 @@ def _json(status: int, data: Any, headers: dict[str, str]) -> HttpResponse:
     return response
 
 
+def _counted(response: HttpResponse, outcome: Outcome) -> HttpResponse:
+    # The backend's token counts, for the observer (router/_telemetry.py); never sent.
+    usage = outcome.payload.get("usage")
+    response.usage = usage if isinstance(usage, dict) else None
+    return response
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What a chat request will try: the policy's decision, the backend order, the bodies, the
@@ -176,7 +183,8 @@ class Endpoints:
         return HttpResponse(200, "", {**headers, "content-type": "text/event-stream",
                                       "cache-control": "no-cache"},
                             stream=relay(first, chunks, facts, include_usage=bool(
-                                (request.stream_options or {}).get("include_usage"))))
+                                (request.stream_options or {}).get("include_usage"))),
+                            facts=facts)
 
     async def chat_completions(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /v1/chat/completions, streamed (buffered SSE) or not."""
@@ -189,13 +197,13 @@ class Endpoints:
         outcome, decision = await self._chat(chat, request.subject, deadline)
         headers = outcome_headers(outcome, decision)
         if not chat.stream:
-            return _json(200, outcome.payload, headers)
+            return _counted(_json(200, outcome.payload, headers), outcome)
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         body = completion_to_sse(outcome.payload, include_usage=include_usage)
         if len(body) > MAX_RESPONSE_BYTES:  # the same 1 MB cap as every JSON answer
             raise AnswerTooLarge("the answer would exceed the platform's 1 MB limit")
-        return HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
-                                        "cache-control": "no-cache"})
+        return _counted(HttpResponse(200, body, {**headers, "content-type": "text/event-stream",
+                                                 "cache-control": "no-cache"}), outcome)
 
     async def _embed(self, inputs: list[str], deadline: Deadline) -> Outcome:
         def body_for(config: BackendConfig) -> dict[str, Any]:
@@ -246,8 +254,8 @@ class Endpoints:
         text, outcome, decision = await self._ai_chat(body.messages, body.system_prompt,
                                                       body.max_length, body.temperature,
                                                       body.model, request.subject, deadline)
-        return _json(200, {"response": text, **self._meta(outcome, started)},
-                     outcome_headers(outcome, decision))
+        return _counted(_json(200, {"response": text, **self._meta(outcome, started)},
+                              outcome_headers(outcome, decision)), outcome)
 
     async def ai_generate(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /ai/generate: `{prompt, max_length, temperature, system_prompt}`."""
@@ -257,8 +265,8 @@ class Endpoints:
         text, outcome, decision = await self._ai_chat(messages, body.system_prompt,
                                                       body.max_length, body.temperature,
                                                       body.model, request.subject, deadline)
-        return _json(200, {"text": text, **self._meta(outcome, started)},
-                     outcome_headers(outcome, decision))
+        return _counted(_json(200, {"text": text, **self._meta(outcome, started)},
+                              outcome_headers(outcome, decision)), outcome)
 
     async def ai_embeddings(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
         """POST /ai/embeddings: `{text}` -> `{embedding, dimensions, method}`."""

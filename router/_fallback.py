@@ -31,6 +31,7 @@ from router._errors import (
 from router._quota import SpaceBudget
 from router._retry import Attempt, call_with_retries
 from router._stream_read import StreamLimits, StreamOutOfTime, completion_from_chunks
+from router._telemetry import Observer
 from router._wake import SpaceWaker
 
 # Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
@@ -116,6 +117,7 @@ class FallbackEngine:
         self.breakers = {name: CircuitBreaker(settings.breaker_failures,
                                               settings.breaker_cooldown_s)
                          for name in backends}
+        self.observer = Observer()  # the router's observers (router/_telemetry.py)
 
     async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline,
                   budget: SpaceBudget | None = None) -> Outcome:
@@ -166,6 +168,7 @@ class FallbackEngine:
     def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
         """A failed attempt: count it on the backend's breaker (if it is evidence against the
         backend) and ask the Space to wake when the failure says it is not running."""
+        self.observer.attempt_failed(name, exc.reason)
         breaker = self.breakers[name]
         if not counts_against(exc, deadline):
             breaker.release()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from router._streaming import StreamFacts
 
 # The request headers of our own protocol, shared by the router and the warmup function.
 DEADLINE_HEADER = "x-chat-deadline-ms"
@@ -42,6 +45,10 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
     # The service's true streams only: SSE text, chunk by chunk (the function never sets it).
     stream: AsyncIterator[str] | None = None
+    # For the observer (router/_telemetry.py), never sent: the backend's token counts, and a
+    # true stream's facts (filled in as it runs).
+    usage: dict[str, Any] | None = None
+    facts: StreamFacts | None = None
 
     @classmethod
     def json(cls, status: int, data: Any, headers: Mapping[str, str] | None = None

@@ -146,6 +146,8 @@ class SpaceWaker:
         # Made on the first wake, not at cold start: most containers never need it.
         self.hub: SpaceHub | None = hub
         self._thread: threading.Thread | None = None
+        # The observer's hook (router/_telemetry.py): reason, stage seen, restarted?
+        self.on_checked: Callable[[str, str, bool], None] | None = None
 
     def request(self, reason: str) -> threading.Thread | None:
         """Start a wake in the background if allowed; return its thread, or None."""
@@ -185,6 +187,9 @@ class SpaceWaker:
         except HubError as exc:
             log.warning("space wake failed", extra={"fields": {"reason": reason,
                                                                 "hub_status": exc.status}})
-            return
-        log.info("space wake checked", extra={"fields": {"reason": reason, "stage": stage,
-                                                         "restarted": restarted}})
+            stage, restarted = "error", False
+        else:
+            log.info("space wake checked", extra={"fields": {"reason": reason, "stage": stage,
+                                                             "restarted": restarted}})
+        if self.on_checked is not None:
+            self.on_checked(reason, stage, restarted)

@@ -22,15 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from router._do_event import WebFunction
-from router._errors import PayloadTooLarge
+from router._errors import PayloadTooLarge, RouterError
 from router._http_types import HttpRequest, HttpResponse
 from router._status import error_response
 from router._stream_out import STREAMING
+from router_service._metrics import CONTENT_TYPE, RouterMetrics
 
 if TYPE_CHECKING:
     from router._app import ChatRouter
 
 STATIC = Path(__file__).resolve().parent / "static"
+# Prometheus' scrape path, beside the function's prefix (behind the same credential).
+METRICS_PATH = "/metrics"
 log = logging.getLogger("router.request")
 
 Scope = dict[str, Any]
@@ -49,8 +52,10 @@ class RouterService:
     """The ASGI app: the function's routes under its URL prefix, and the chat page."""
 
     def __init__(self, function: WebFunction, *, namespace: str = "local",
-                 timeout_ms: int = 28_000) -> None:
+                 timeout_ms: int = 28_000, metrics: bool = True) -> None:
         self.function = function
+        self.metrics_on = metrics
+        self.metrics: RouterMetrics | None = None  # made at startup, with the router
         self.namespace = namespace
         self.timeout_ms = timeout_ms
         self.prefix = f"/api/v1/web/{namespace}/chat/ask"
@@ -77,6 +82,9 @@ class RouterService:
                         "REDIS_URL: the quota store refused the login; fix its user or "
                         "password")})
                     return
+                if self.metrics_on and self.metrics is None:
+                    self.metrics = RouterMetrics(router.engine.breaker_states)
+                    router.observe(self.metrics)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.function.router().aclose()
@@ -86,6 +94,9 @@ class RouterService:
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
+        if scope["path"] == METRICS_PATH and self.metrics is not None:
+            await _send(send, self._scrape(self.metrics, headers, scope))
+            return
         match = self._path_re.match(scope["path"])
         if match is None:
             await _send(send, self._static(scope["path"]))
@@ -134,6 +145,20 @@ class RouterService:
         # A browser must be able to read why it was refused.
         response.headers.update(router.cors.headers_for(head.header("origin")))
         return response
+
+    def _scrape(self, metrics: RouterMetrics, headers: dict[str, str], scope: Scope
+                ) -> HttpResponse:
+        # The same credential as the function's endpoints (API_KEYS or a client token; open
+        # when the function is open to anyone). No quota: a scraper polls on its own clock.
+        request = HttpRequest(scope["method"], METRICS_PATH, headers, peer=_peer(scope))
+        if scope["method"] != "GET":
+            return _error(405, "method_not_allowed", "GET /metrics only")
+        try:
+            self.function.router().access.subject(request)
+        except RouterError as exc:
+            return error_response(exc)
+        return HttpResponse(200, metrics.exposition().decode("utf-8"),
+                            {"content-type": CONTENT_TYPE})
 
     def _static(self, path: str) -> HttpResponse:
         if path in ("/", "/index.html") and (STATIC / "index.html").is_file():

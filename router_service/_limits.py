@@ -34,6 +34,8 @@ class ServiceLimits(BaseModel):
     # closed before a byte is read. The default leaves room for an office behind one NAT
     # address (bench/streaming.py holds 500 from one), and keeps half the cap for everyone else.
     max_connections_per_address: int = Field(default=1_000, ge=1, le=1_000_000)
+    # Serve Prometheus' /metrics (router_service/_metrics.py); off, the router counts nothing.
+    metrics: bool = True
 
     @model_validator(mode="after")
     def _share_within_cap(self) -> ServiceLimits:

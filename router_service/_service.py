@@ -25,9 +25,10 @@ class Service(UvicornHost):
     def __init__(self, function: WebFunction, *, namespace: str = "local",
                  timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080,
                  limits: ServiceLimits | None = None) -> None:
-        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms)
-        self.host = host
         self.limits = limits or ServiceLimits()
+        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms,
+                                 metrics=self.limits.metrics)
+        self.host = host
         self.door = Door(self.limits)
         self._host(self.app, host=host, port=port, http=guarded_protocol(self.door),
                    ws="none", timeout_keep_alive=self.limits.keep_alive_s,

@@ -228,6 +228,11 @@ Try it:
       model="auto", messages=[{{"role": "user", "content": "Hello!"}}])
   print(reply.headers.get("x-chat-backend"), reply.parse().choices[0].message.content)
 
+Metrics (Prometheus text; docs/grafana-dashboard.json graphs them):
+  router  {info['metrics_url']}   (the function's credential, when API_KEYS is set)
+  worker  {info['worker_metrics_url']}   (-H 'authorization: Bearer <worker API_TOKEN>')
+  space   {info['space_metrics_url']}   (-H 'authorization: Bearer <space API_TOKEN>')
+
 Local tokens, generated for this run only (local development; they protect the parts here):
   worker  API_TOKEN={info['worker_token']}
   space   API_TOKEN={info['space_token']}

@@ -222,6 +222,9 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
     ]
     info = {
         "function_url": f"{url['gateway']}{function_path}", "page_url": f"{url['gateway']}/",
+        "metrics_url": f"{url['gateway']}/metrics",
+        "worker_metrics_url": f"{url['worker']}/metrics",
+        "space_metrics_url": f"{url['space']}/metrics",
         "namespace": config.namespace, "worker_url": url["worker"],
         "worker_token": tokens["worker"], "space_url": url["edge"],
         "space_app_url": url["space"], "space_token": tokens["space"],

@@ -145,6 +145,10 @@ def test_the_plan_wires_four_parts_with_fresh_tokens(tmp_path: Path,
     assert f"curl -si {url}/v1/chat/completions" in text
     assert f'OpenAI(base_url="{url}/v1"' in text
     assert "ready in 12.3 s, 2.0 GiB" in text
+    # Where the metrics are: the service's /metrics, and each model server's own.
+    assert f"router  {url.split('/api/')[0]}/metrics" in text
+    assert f"worker  http://{HOST}:{plan.ports['worker']}/metrics" in text
+    assert f"space   http://{HOST}:{plan.ports['space']}/metrics" in text
 
 
 def test_claim_ports_picks_distinct_free_ports():
@@ -178,7 +182,9 @@ def light_plan(worker: FakeBackend, space: FakeBackend, *, ready_timeout_s: floa
             "worker_url": worker.url, "worker_token": WORKER_TOKEN, "space_url": edge_url,
             "space_app_url": space.url, "space_token": SPACE_TOKEN, "space_id": SPACE_ID,
             "hub_endpoint": edge_url, "hub_token": HF_TOKEN, "space_model": "fake",
-            "api_keys": False}
+            "api_keys": False, "metrics_url": f"{gw_url}/metrics",
+            "worker_metrics_url": f"{worker.url}/metrics",
+            "space_metrics_url": f"{space.url}/metrics"}
     return Plan(StackConfig(ready_timeout_s=ready_timeout_s), ports,
                 {"hub": HF_TOKEN}, children, info)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from router_tools.cli import main
@@ -120,7 +121,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 def test_make_run_answers_the_openai_client_with_smollm2(stack: RunningStack):
     """GIVEN `make run`'s entry point, started as a subprocess and ready
     WHEN the openai client chats through the printed function URL
-    THEN the real SmolLM2 on the worker answers, and the headers say so."""
+    THEN the real SmolLM2 on the worker answers, and the headers say so; and the /metrics
+    URLs the banner prints count that answer (the router's), and its tokens (the worker's,
+    behind its token, on llama.cpp)."""
     from openai import OpenAI
 
     url = stack.info["function_url"]
@@ -142,6 +145,16 @@ def test_make_run_answers_the_openai_client_with_smollm2(stack: RunningStack):
     assert raw.headers["x-chat-route-reason"] == "default"
     assert reply.model == "SmolLM2-135M-Instruct"
     assert (reply.choices[0].message.content or "").strip()
+    metrics = {name: stack.info[f"{name}metrics_url"] for name in ("", "worker_", "space_")}
+    assert all(url in banner for url in metrics.values())
+    router_text = httpx.get(metrics[""], timeout=10).text
+    assert 'backend="worker",fallback="none",route="worker",status="200"} 1.0' in router_text
+    worker_auth = {"authorization": f"Bearer {stack.info['worker_token']}"}
+    worker_text = httpx.get(metrics["worker_"], headers=worker_auth, timeout=10).text
+    assert 'ai_space_engine_info{device="cpu",engine="llama.cpp"} 1.0' in worker_text
+    assert reply.usage is not None
+    out_tokens = f'ai_space_tokens_total{{direction="out"}} {reply.usage.completion_tokens}.0'
+    assert out_tokens in worker_text
     sys.stderr.write(f"\nstack ready in {stack.ready_s:.1f} s; chat answered in "
                      f"{latency_ms:.0f} ms\n")
 

@@ -1,0 +1,93 @@
+"""What the router tells an observer: each request (router/_record.py), failure and wake.
+
+The runtime only calls these hooks; it counts nothing itself. The service installs its
+Prometheus metrics (router_service/_metrics.py) as the observer; the function installs none,
+so its cold start and its answers pay for nothing but a check of `active` per request (the
+record's module is imported only when an observer is active).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from router._record import RequestRecord
+    from router._tracing import RequestTrace
+
+
+# The request being traced, in this task (each request runs in its own asyncio task); set only
+# by router/_tracing.py, which is loaded only when traces are exported.
+TRACE: ContextVar[RequestTrace | None] = ContextVar("router_trace", default=None)
+
+
+def trace_hook(backend: str) -> Callable[[httpx.Request], Awaitable[None]]:
+    """An httpx request hook for one backend's client: while a request is traced, each
+    request to the backend is an attempt span, and carries `traceparent` on."""
+
+    async def inject(request: httpx.Request) -> None:
+        trace = TRACE.get()
+        if trace is not None:
+            request.headers["traceparent"] = trace.outgoing(backend)
+
+    return inject
+
+
+class Observer:
+    """The hooks the router calls; this base does nothing (the function's default)."""
+
+    active = False  # the router skips building records for an observer that ignores them
+
+    def request_started(self, headers: Mapping[str, str]) -> None:
+        """A request arrived (its headers); called only when `active`."""
+
+    def request_done(self, record: RequestRecord) -> None:
+        """A request was answered whole (a stream: after its last chunk)."""
+
+    def attempt_failed(self, backend: str, reason: str) -> None:
+        """A backend failed the request (after any retries): why, as `X-Chat-Fallback` says."""
+
+    def wake_checked(self, reason: str, stage: str, restarted: bool) -> None:
+        """A wake of the Space was tried: the stage seen (`error` when the Hub failed)."""
+
+    def flush(self, timeout_s: float) -> None:
+        """Send what is buffered, waiting at most `timeout_s` (the function, before it
+        returns: the platform freezes the container then)."""
+
+
+class Observers(Observer):
+    """Several observers (the service's metrics and a tracer), called in turn."""
+
+    def __init__(self, members: list[Observer]) -> None:
+        self.members = members
+        self.active = any(member.active for member in members)
+
+    def request_started(self, headers: Mapping[str, str]) -> None:
+        """Each member's `request_started`."""
+        for member in self.members:
+            member.request_started(headers)
+
+    def request_done(self, record: RequestRecord) -> None:
+        """Each member's `request_done`."""
+        for member in self.members:
+            member.request_done(record)
+
+    def attempt_failed(self, backend: str, reason: str) -> None:
+        """Each member's `attempt_failed`."""
+        for member in self.members:
+            member.attempt_failed(backend, reason)
+
+    def wake_checked(self, reason: str, stage: str, restarted: bool) -> None:
+        """Each member's `wake_checked`."""
+        for member in self.members:
+            member.wake_checked(reason, stage, restarted)
+
+    def flush(self, timeout_s: float) -> None:
+        """Each member's `flush`, within one `timeout_s` in all."""
+        end = time.monotonic() + timeout_s
+        for member in self.members:
+            member.flush(max(0.0, end - time.monotonic()))
