@@ -15,6 +15,7 @@ function: a larger `Content-Length` is refused at once, a chunked body while it 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 from dataclasses import replace
@@ -125,17 +126,17 @@ class RouterService:
         if body is None:
             await _send(send, self._too_large(router, head, limit), close=True)
             return
-        token = STREAMING.set(True)
-        try:
-            answering = asyncio.create_task(
-                router.handle_async(replace(verdict, body=body), self.timeout_ms))
-        finally:
-            STREAMING.reset(token)
+        # One context for the answer and its relay: what the router set while answering (the
+        # request's trace, STREAMING) is still there when the stream's last chunk is relayed.
+        context = contextvars.copy_context()
+        context.run(STREAMING.set, True)
+        answering = asyncio.create_task(
+            router.handle_async(replace(verdict, body=body), self.timeout_ms), context=context)
         # A client that hangs up before the answer starts (a stream waiting for its first
         # token, say) ends the work too: no backend keeps generating, no fallback starts.
         if not await _unless_gone(answering, receive):
             return
-        await _send(send, answering.result(), receive=receive)
+        await _send(send, answering.result(), receive=receive, context=context)
 
     @staticmethod
     def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
@@ -206,7 +207,7 @@ async def _unless_gone(work: asyncio.Task[Any], receive: Any) -> bool:
 
 
 async def _send(send: Any, response: HttpResponse, *, close: bool = False,
-                receive: Any = None) -> None:
+                receive: Any = None, context: contextvars.Context | None = None) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     if close:
         headers.append((b"connection", b"close"))
@@ -229,7 +230,7 @@ async def _send(send: Any, response: HttpResponse, *, close: bool = False,
     # The client hanging up cancels the relay at once, whatever the backend is doing (a
     # stalled backend sends no next chunk to notice it by): its stream closes, and no
     # fallback attempt starts for a client that has gone.
-    relaying, watcher = asyncio.create_task(pump()), asyncio.create_task(
+    relaying, watcher = asyncio.create_task(pump(), context=context), asyncio.create_task(
         _until_disconnect(receive))
     try:
         await asyncio.wait({relaying, watcher}, return_when=asyncio.FIRST_COMPLETED)

@@ -80,17 +80,19 @@ def chat(client: httpx.Client, url: str, model: str) -> httpx.Response:
 
 
 def stream(client: httpx.Client, url: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """One true stream (usage asked for); its headers and its last chunk (x_chat, usage)."""
+    """One true stream (usage asked for); its headers, and its facts: `x_chat` from the chunk
+    with the finish_reason, `usage` from the usage chunk that ends the stream."""
     body = {"model": "small", "max_tokens": 4, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": PROMPT}]}
-    last: dict[str, Any] = {}
+    facts: dict[str, Any] = {}
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: {"):
-                last = json.loads(line[6:])
-        return dict(response.headers), last
+                chunk = json.loads(line[6:])
+                facts.update({k: chunk[k] for k in ("x_chat", "usage") if chunk.get(k)})
+        return dict(response.headers), facts
 
 
 def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_server: str):
