@@ -15,6 +15,7 @@ from router_tools.gateway import load_entry
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer
+from tests.support.redis_server import RedisServer
 
 EVENTS = Path(__file__).parent / "events"
 WORKER_TOKEN = "wk-secret-4f1c9a2e"
@@ -118,3 +119,13 @@ def load_event(name: str, **http: Any) -> dict[str, Any]:
 def with_body(name: str, body: dict[str, Any], **http: Any) -> dict[str, Any]:
     """A stored event with a different JSON body."""
     return load_event(name, body=json.dumps(body), **http)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A password-protected redis-server on a free loopback port (skips without the binary)."""
+    server = RedisServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()

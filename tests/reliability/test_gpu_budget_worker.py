@@ -8,8 +8,7 @@ edge, the counters a real, password-protected redis-server, the entry the real `
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.slow
 Main = Callable[[dict[str, Any], Any], dict[str, Any]]
 ADDRESS = "203.0.113.7"
 LONG = "please read this sentence carefully " * 200  # well past the worker's 512 tokens
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A password-protected redis-server on a free loopback port (skips without the binary)."""
-    server = RedisServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def chat(main: Main, ledger: Ledger, model: str, content: str) -> dict[str, Any]:

@@ -8,11 +8,8 @@ cannot serve gets 429. Counted in a real, password-protected redis-server.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from router._quota import KEY_PREFIX
@@ -25,16 +22,6 @@ TOO_LONG = {"error": {"code": "context_length_exceeded", "type": "invalid_reques
                       "message": "This model's maximum context length is 2048 tokens"}}
 SMALL = {"model": "small", "messages": [{"role": "user", "content": "a long prompt " * 50}]}
 ADDRESS = "203.0.113.7"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A password-protected redis-server on a free loopback port (skips without the binary)."""
-    server = RedisServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def small(main: Main) -> dict[str, Any]:

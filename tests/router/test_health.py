@@ -7,11 +7,6 @@ caller with a key or token learns (or anyone, when the function is open to anyon
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.conftest import Main
 from tests.fakes.openai_backend import FakeBackend
 from tests.router.test_access import ask
@@ -19,16 +14,6 @@ from tests.support.redis_server import PASSWORD, RedisServer
 
 KEY = "key-alpha-123456"
 PUBLIC = {"status", "auth"}
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A password-protected redis-server on a free loopback port (skips without the binary)."""
-    server = RedisServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_health_names_a_failing_backend_only_to_a_caller_with_a_key(

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,6 @@ statuses = [entry.main(event, FunctionContext.with_timeout(28000))["statusCode"]
             for _ in range(int(sys.argv[1]))]
 print(json.dumps(statuses), flush=True)
 """
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A password-protected redis-server on a free loopback port (skips without the binary)."""
-    server = RedisServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_function_processes_share_one_limit_exactly(env: dict[str, str],

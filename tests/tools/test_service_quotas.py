@@ -32,16 +32,6 @@ WAIT_S = 10.0  # bounds on waiting for events that must happen; never reached wh
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A password-protected redis-server on a free loopback port (skips without the binary)."""
-    server = RedisServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def streams() -> Iterator[tuple[StreamBackend, StreamBackend]]:
     """A worker whose streams are cut after 3 tokens, and a healthy Space, both streaming."""
     worker, space = StreamBackend("worker", mode="cut"), StreamBackend("space")
