@@ -137,7 +137,9 @@ def test_hung_redis_fails_open_within_50_ms(redis_server: RedisServer,
         loop.run(counter.aclose())
         loop.close()
     assert hung_s < FAIL_OPEN_S, f"{hung_s * 1000:.1f} ms"
-    assert skipped_s < 0.001
+    # Touching the stopped Redis would cost at least its 40 ms timeout; a skipped hit costs only
+    # the hop onto the loop's thread (2.5 ms was seen once on a loaded machine, so 1 ms flaked).
+    assert skipped_s < 0.040 / 4, f"{skipped_s * 1000:.1f} ms"
 
 
 def test_failures_are_logged_at_most_once_a_minute(redis_server: RedisServer,
