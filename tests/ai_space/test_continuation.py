@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ai_space.engine import continues_final, cut_after_final
+from ai_space.prefill import continues_final, cut_after_final
 
 
 def test_only_a_non_empty_trailing_assistant_message_is_continued() -> None:
