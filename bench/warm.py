@@ -24,7 +24,7 @@ from bench.alternatives import (
     ensure_portkey,
 )
 from bench.common import pct
-from router._do_event import FunctionContext
+from router import FunctionContext
 from router_service import Service
 from router_tools.gateway import load_entry
 from tests.fakes.openai_backend import FakeBackend

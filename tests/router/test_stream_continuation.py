@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from router._streaming import RESTART_MARKER
+from router._continuation import RESTART_MARKER
 from tests.fakes.stream_backend import StreamBackend
 from tests.support.streams import ASK, read_stream, running_service, service_env, stream_backends
 
@@ -137,7 +137,8 @@ def test_the_function_folds_a_streamed_tool_call(make_main,
                                                  backends: dict[str, StreamBackend], hub: Any):
     """GIVEN the function (buffered) and a Space that answers with a streamed tool call
     WHEN asked, streamed and not THEN the completion's message carries the whole call (name,
-    id, all its arguments) and `finish_reason: tool_calls`; nothing of it is dropped."""
+    id, all its arguments) and `finish_reason: tool_calls`, and the buffered stream carries the
+    Space's tool-call deltas as they came; nothing of it is dropped."""
     import json
 
     from router._do_event import FunctionContext
@@ -154,6 +155,9 @@ def test_the_function_folds_a_streamed_tool_call(make_main,
     streamed = main(with_body("chat_completions_llm", ASK), FunctionContext.with_timeout(28_000))
     events = [json.loads(line[6:]) for line in streamed["body"].split("\n")
               if line.startswith("data: {")]
-    calls = [e["choices"][0]["delta"]["tool_calls"] for e in events
-             if e["choices"] and e["choices"][0]["delta"].get("tool_calls")]
-    assert calls == [[{"index": 0, **choice["message"]["tool_calls"][0]}]]
+    calls = [call for e in events if e["choices"]
+             for call in e["choices"][0]["delta"].get("tool_calls") or []]
+    # The Space's own deltas: the call's id and name first, then its arguments in pieces.
+    assert (calls[0]["id"], calls[0]["function"]["name"]) == ("call_0", "get_weather")
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city": "Paris"}'
+    assert {c["index"] for c in calls} == {0}

@@ -47,7 +47,7 @@ def service_env(worker_url: str, space_url: str, hub_url: str, **settings: str
 @contextmanager
 def running_service(make_main: Callable[[dict[str, str]], Any], env: dict[str, str]
                     ) -> Iterator[Service]:
-    """`python -m router serve`'s service on `env`, on a free loopback port."""
+    """`python -m router_tools serve`'s service on `env`, on a free loopback port."""
     server = serve_main(make_main(env), namespace="stream", port=0)
     try:
         yield server
