@@ -162,7 +162,8 @@ class Collected:
             got = [chunk async for chunk in chunks]
         completion = completion_from_chunks(got)
         if turn.hop.usage is not None:
-            completion["usage"] = turn.hop.usage  # this backend's own: the answer is its alone
+            # The backend's own usage, as it sent it: the answer is that backend's alone.
+            completion["usage"] = turn.hop.usage
         text = json.dumps(completion, separators=(",", ":"))
         self.check(text, turn.backend.name)
         yield Answer(got, completion, text)

@@ -33,22 +33,31 @@ class Hop:
     answered: bool = False
     # Passed by without a request (its circuit open, or the caller's GPU budget spent).
     skipped: bool = False
-    # Its token counts: the backend's own usage object, or, for a stream that ended before its
-    # usage came, the token-bearing chunks it sent as completion tokens. None: it produced none.
+    # The backend's own usage object, when it sent one; and the chunks it sent that carried
+    # tokens (a chunk is about one token), which stand in for it when it did not.
     usage: dict[str, Any] | None = None
+    produced: int = 0
 
     def count(self, _attempt: object) -> None:
         """The retry layer's hook: one more request went out to this backend."""
         self.sent += 1
 
     def add_usage(self, usage: Mapping[str, Any] | None, produced: int = 0) -> None:
-        """Count what this backend produced: its usage object if it sent one, else the
-        `produced` chunks that carried tokens."""
+        """What this backend produced: its usage object, if it sent one, and the chunks that
+        carried tokens."""
         if isinstance(usage, Mapping):
             self.usage = dict(usage)
-        elif produced:
-            self.usage = {"prompt_tokens": 0, "completion_tokens": produced,
-                          "total_tokens": produced}
+        self.produced = produced
+
+    def tokens(self) -> dict[str, Any] | None:
+        """Its token counts: its own usage, else its token-bearing chunks as completion tokens
+        (a stream that ended before its usage came); None when it produced nothing."""
+        if self.usage is not None:
+            return self.usage
+        if self.produced:
+            return {"prompt_tokens": 0, "completion_tokens": self.produced,
+                    "total_tokens": self.produced}
+        return None
 
 
 def _count(value: Any) -> int:
@@ -126,8 +135,8 @@ class RequestRecord:
     def usage(self, *, answered_only: bool = False) -> dict[str, int] | None:
         """Tokens summed over every backend that produced any (what the request cost), or
         over those whose words the answer holds."""
-        return summed([hop.usage for hop in self.hops
-                       if hop.usage is not None and (hop.answered or not answered_only)])
+        return summed([tokens for hop in self.hops if hop.answered or not answered_only
+                       if (tokens := hop.tokens()) is not None])
 
     @property
     def prompt_tokens(self) -> int | None:
