@@ -1,6 +1,6 @@
 """A trailing assistant message is continued, not answered anew (issue 18, item 2), and both
 engines render it the same way. The real worker's continuation through the router is in
-tests/router/test_stream_continuation_real.py."""
+tests/service/test_stream_continuation_real.py."""
 
 from __future__ import annotations
 

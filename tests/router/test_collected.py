@@ -8,7 +8,7 @@ The real `main` with DigitalOcean events, scripted stream backends on loopback
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,15 +16,11 @@ import pytest
 from router import FunctionContext
 from tests.conftest import load_event, with_body
 from tests.fakes.stream_backend import StreamBackend, logprob_of
-from tests.support.streams import MESSAGES, service_env, stream_backends
+from tests.support.streams import ASK, MESSAGES, service_env
 
 FULL_WORDS = [f"t{i}" if i == 0 else f" t{i}" for i in range(10)]
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, StreamBackend]]:
-    with stream_backends() as fakes:
-        yield fakes
+FULL = "".join(FULL_WORDS)
+LONG = " ".join(f"w{i}" for i in range(25))
 
 
 def _ask(make_main: Callable[[dict[str, str]], Any], backends: dict[str, StreamBackend],
@@ -121,3 +117,61 @@ def test_the_function_path_buffers_but_checks_the_same(
     result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
     assert result["headers"]["x-chat-backend"] == "space"
     assert "".join(FULL_WORDS) in result["body"]
+
+
+def test_the_function_keeps_reasoning_in_its_folded_answer(make_main,
+                                                           backends: dict[str, StreamBackend],
+                                                           hub: Any):
+    """GIVEN the function (buffered) and a Space that thinks before answering WHEN asked
+    without streaming THEN the completion's message keeps `reasoning_content`."""
+    backends["space"].reasoning = "r0 r1"
+    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url))
+    result = main(with_body("chat_completions_llm", {**ASK, "stream": False}),
+                  FunctionContext.with_timeout(28_000))
+    message = json.loads(result["body"])["choices"][0]["message"]
+    assert (message["content"], message.get("reasoning_content")) == (FULL, "r0 r1")
+
+
+def test_the_function_never_counts_a_producing_stream_cut_at_its_share(
+        make_main, backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN the function (buffered) with a 2 s deadline and a Space producing 25 words 0.1 s
+    apart, past its 1 s share WHEN asked three times (BREAKER_FAILURES) THEN the worker answers
+    each time within the deadline, and the Space's circuit is still closed: a stream still
+    producing when its time ran out is not a failure of that backend."""
+    backends["space"].text, backends["space"].every_s = LONG, 0.1
+    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url,
+                                 ROUTER_DEADLINE_MS="2000", FALLBACK_RESERVE_MS="1000",
+                                 FIRST_TOKEN_TIMEOUT_MS="600", STREAM_STALL_TIMEOUT_MS="400"))
+    for _ in range(3):
+        result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
+        assert result["headers"]["x-chat-backend"] == "worker"
+        assert json.loads(result["body"])["choices"][0]["message"]["content"] == FULL
+    states = json.loads(main(load_event("health"), FunctionContext.with_timeout(28_000))["body"])
+    assert states["backends"]["space"]["circuit"] == "closed"
+
+
+def test_the_function_folds_a_streamed_tool_call(make_main,
+                                                 backends: dict[str, StreamBackend], hub: Any):
+    """GIVEN the function (buffered) and a Space that answers with a streamed tool call
+    WHEN asked, streamed and not THEN the completion's message carries the whole call (name,
+    id, all its arguments) and `finish_reason: tool_calls`, and the buffered stream carries the
+    Space's tool-call deltas as they came; nothing of it is dropped."""
+    import json
+
+    backends["space"].tool_call, backends["space"].text = "get_weather", '{"city": "Paris"}'
+    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url))
+    result = main(with_body("chat_completions_llm", {**ASK, "stream": False}),
+                  FunctionContext.with_timeout(28_000))
+    choice = json.loads(result["body"])["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [{"id": "call_0", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    streamed = main(with_body("chat_completions_llm", ASK), FunctionContext.with_timeout(28_000))
+    events = [json.loads(line[6:]) for line in streamed["body"].split("\n")
+              if line.startswith("data: {")]
+    calls = [call for e in events if e["choices"]
+             for call in e["choices"][0]["delta"].get("tool_calls") or []]
+    # The Space's own deltas: the call's id and name first, then its arguments in pieces.
+    assert (calls[0]["id"], calls[0]["function"]["name"]) == ("call_0", "get_weather")
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city": "Paris"}'
+    assert {c["index"] for c in calls} == {0}

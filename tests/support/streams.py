@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from router_service import Service
-from tests.conftest import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.fakes.stream_backend import StreamBackend
+from tests.support.credentials import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.support.loopback import LoopbackServer
 from tests.support.service import serve_main
 
