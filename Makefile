@@ -61,10 +61,10 @@ test: lint system-packages deployer
 	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
 
 run: $(STAMP)
-	$(BIN)/python -m router stack
+	$(BIN)/python -m router_tools stack
 
 demo: $(STAMP)
-	$(BIN)/python -m router demo
+	$(BIN)/python -m router_tools demo
 
 # Benchmarks against the alternatives (bench/__main__.py): prints the table and writes
 # bench/results.md. LiteLLM and Portkey's gateway install themselves on first use into

@@ -11,7 +11,30 @@ if TYPE_CHECKING:
     # Imported where used: the llama.cpp engine serves without loading torch at all.
     import torch
 
-    from ai_space.logprobs import TokenLogprob
+
+@dataclass(frozen=True)
+class Alternative:
+    """One candidate token: its text, its log-probability and its UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    raw: bytes
+
+    def as_openai(self) -> dict[str, Any]:
+        """The `{"token", "logprob", "bytes"}` object."""
+        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.raw)}
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token and, when asked for, the most likely tokens at its position."""
+
+    chosen: Alternative
+    top: tuple[Alternative, ...] = ()
+
+    def as_openai(self) -> dict[str, Any]:
+        """One entry of `logprobs.content`."""
+        return {**self.chosen.as_openai(), "top_logprobs": [t.as_openai() for t in self.top]}
 
 
 @dataclass(frozen=True)

@@ -8,37 +8,12 @@ penalties, logit_bias or a grammar reshape it, as OpenAI reports them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ai_space.generation import Delta, Event, Finished
-
-
-@dataclass(frozen=True)
-class Alternative:
-    """One candidate token: its text, its log-probability and its UTF-8 bytes."""
-
-    token: str
-    logprob: float
-    raw: bytes
-
-    def as_openai(self) -> dict[str, Any]:
-        """The `{"token", "logprob", "bytes"}` object."""
-        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.raw)}
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """The chosen token and, when asked for, the most likely tokens at its position."""
-
-    chosen: Alternative
-    top: tuple[Alternative, ...] = ()
-
-    def as_openai(self) -> dict[str, Any]:
-        """One entry of `logprobs.content`."""
-        return {**self.chosen.as_openai(), "top_logprobs": [t.as_openai() for t in self.top]}
+# Alternative and TokenLogprob live with the events that carry them (generation.py).
+from ai_space.generation import Alternative, Delta, Event, Finished, TokenLogprob
 
 
 def content(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
 from ai_space.config import Settings
-from ai_space.engine import ChatFormat, Engine, continues_final
+from ai_space.engine import ChatFormat, Engine
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
+from ai_space.prefill import continues_final
 from ai_space.request_fields import check_dimensions, check_embedding_fields, check_fields
 from ai_space.sse import ChatStream, collect
 

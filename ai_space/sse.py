@@ -17,8 +17,8 @@ from ai_space import schema
 from ai_space.config import Settings
 from ai_space.engine import Engine
 from ai_space.errors import APIError, error_body
-from ai_space.generation import Delta, Event, Finished, GenerationJob, SamplingParams
-from ai_space.logprobs import LogprobBuffer, TokenLogprob, content
+from ai_space.generation import Delta, Event, Finished, GenerationJob, SamplingParams, TokenLogprob
+from ai_space.logprobs import LogprobBuffer, content
 
 log = logging.getLogger("ai_space")
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 
 from bench.common import pct
-from router._config import Settings
-from router._policy import Policy
-from router._schema import ChatMessage
+from router import ChatRequest, Policy, Settings
 
 
 def decision_us(rounds: int = 20_000) -> dict[str, float]:
     """p50/p99 of one `auto` decision on a two-message request, in microseconds."""
     policy = Policy(Settings.from_env({"WORKER_URL": "http://x.invalid"}))
-    messages = [ChatMessage(role="system", content="You help freelancers."),
-                ChatMessage(role="user", content="Can you summarise this job post for me? " * 5)]
+    messages = ChatRequest.model_validate({"messages": [
+        {"role": "system", "content": "You help freelancers."},
+        {"role": "user", "content": "Can you summarise this job post for me? " * 5}]}).messages
     times = []
     for _ in range(rounds):
         started = time.perf_counter_ns()

@@ -85,7 +85,7 @@ def _parent(proc: Path) -> int:
 
 
 def _command(server: str, port: int) -> list[str]:
-    """How each server under comparison serves the same app (bench/servers.py)."""
+    """How each server under comparison serves the same app (bench/app.py)."""
     if server == "door":
         return [sys.executable, "-m", "router_service", "--port", str(port), "--namespace",
                 "bench", "--env-file", ""]
@@ -96,12 +96,12 @@ def _command(server: str, port: int) -> list[str]:
         # --read-timeout: no byte for this long closes the connection (its only such limit).
         return [python, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--read-timeout",
                 "5", "--keep-alive", "5", "--backlog", "2048", "--worker-class", "uvloop",
-                "--log-level", "warning", "bench.servers:app"]
+                "--log-level", "warning", "bench.app:app"]
     if server == "granian":
         return [python, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
                 "--port", str(port), "--http", "1", "--loop", "uvloop", "--no-ws",
                 "--http1-header-read-timeout", "5000", "--backlog", "2048",
-                "--log-level", "warning", "bench.servers:app"]
+                "--log-level", "warning", "bench.app:app"]
     raise ValueError(server)
 
 
@@ -329,7 +329,7 @@ def _plain_uvicorn(port: int) -> None:
     """The same app on plain uvicorn, as before the door (the baseline)."""
     import uvicorn
 
-    from bench.servers import app
+    from bench.app import app
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
                 http="httptools", lifespan="on", backlog=2048, timeout_keep_alive=5,

@@ -1,6 +1,6 @@
 """Which server holds the door: uvicorn with our protocol, plain uvicorn, Hypercorn, Granian.
 
-Each serves the same ASGI app (`app` below: the service's RouterService, keys required) in
+Each serves the same ASGI app (bench/app.py: the service's RouterService, keys required) in
 front of bench/streaming.py's backend, and meets the same clients: bench/hostile.py's attacks
 with one honest client a second, then bench/streaming.py's time to first token at concurrency
 1 (added to the backend's own). Granian and Hypercorn are installed on first use into
@@ -19,22 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from router._do_event import WebFunction
-from router_service import RouterService
+from bench.hostile import SERVERS_VENV, hostile, processes
+from bench.streaming import latency
 
 log = logging.getLogger("bench.servers")
 GRANIAN, HYPERCORN = "granian==2.8.7", "hypercorn==0.18.0"
 SERVERS = ("door", "uvicorn", "hypercorn", "granian")
 
-# The app every server under comparison serves; settings come from the environment that
-# bench/hostile.py gives the server's process.
-app = RouterService(WebFunction(), namespace="bench", timeout_ms=28_000)
-
 
 def ensure_servers() -> str | None:
     """Make `.venv-servers` (Granian, Hypercorn) if needed; None, or why it cannot be had."""
-    from bench.hostile import SERVERS_VENV
-
     python = SERVERS_VENV / "bin" / "python"
     check = [str(python), "-c", "import granian, hypercorn, router_service"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
@@ -52,9 +46,6 @@ def ensure_servers() -> str | None:
 
 def compare(servers: tuple[str, ...], streams: int, quiet_s: float) -> dict[str, Any]:
     """Every server's figures: the hostile bench, then the added time to first token."""
-    from bench.hostile import hostile, processes
-    from bench.streaming import latency
-
     out: dict[str, Any] = {}
     for server in servers:
         log.info("%s: hostile clients", server)

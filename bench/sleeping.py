@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from bench.common import median
-from router._do_event import FunctionContext, WebFunction
+from router import FunctionContext, WebFunction
 from tests.fakes.hub import SERVING, STARTING, FakeHub
 from tests.fakes.openai_backend import FakeBackend
 from tests.support.loopback import LoopbackServer

@@ -2,8 +2,8 @@
 
 Issue 19 found the quota's Redis call blocking the service's event loop: at 30 ms a reply,
 throughput fell from 73 to 22 req/s and a stream's chunk gap doubled. This bench runs the
-service (`python -m router serve`, a process of its own) with RATE_LIMIT_PER_MINUTE counted in a
-real redis-server, reached straight or through a loopback proxy that delays every reply by
+service (`python -m router_service`, a process of its own) with RATE_LIMIT_PER_MINUTE counted in
+a real redis-server, reached straight or through a loopback proxy that delays every reply by
 `--delay-ms`, with REDIS_TIMEOUT_MS (`--redis-timeout-ms`) above the delay so the quota counts.
 The backend is the streaming bench's (JSON after 20 ms). It prints req/s, p50 and p99 of
 `--clients` concurrent clients, how many requests Redis counted, and the chunk gaps of one
@@ -96,7 +96,7 @@ def _service(root: Path, redis_url: str, timeout_ms: int) -> Iterator[str]:
         procs = [subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve",
                                    str(bport)], cwd=ROOT, env={**os.environ,
                                                                "PYTHONPATH": str(ROOT)}),
-                 subprocess.Popen([sys.executable, "-m", "router", "serve", "--port",
+                 subprocess.Popen([sys.executable, "-m", "router_service", "--port",
                                    str(sport), "--namespace", "bench", "--env-file",
                                    str(env_file)], cwd=root,
                                   env={**os.environ, "PYTHONPATH": str(root)},

@@ -1,12 +1,12 @@
-"""The service's streams (`python -m router serve`), each figure beside its direct baseline.
+"""The service's streams (`python -m router_service`), each figure beside its direct baseline.
 
-Three processes: a bench backend (uvicorn), the service in front of it (`python -m router
-serve`, as deployed), and this client. The backend streams `max_tokens` tokens, one chunk each,
-`temperature` x 10 ms apart, and stamps each chunk with its send time (`x_sent`), so the added
-latency of every chunk is measured on one clock; a `stream: false` request is answered after
-20 ms. The backend keeps idle connections 75 s, as production proxies do (uvicorn's default
-5 s makes it close the router's pooled connections between phases, and new connections then
-meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
+Three processes: a bench backend (uvicorn), the service in front of it (`python -m
+router_service`, as deployed), and this client. The backend streams `max_tokens` tokens, one
+chunk each, `temperature` x 10 ms apart, and stamps each chunk with its send time (`x_sent`),
+so the added latency of every chunk is measured on one clock; a `stream: false` request is
+answered after 20 ms. The backend keeps idle connections 75 s, as production proxies do
+(uvicorn's default 5 s makes it close the router's pooled connections between phases, and new
+connections then meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
 
     .venv/bin/python -m bench.streaming [--streams 200]
     .venv/bin/python -m bench.streaming --metrics [--streams 400]   # METRICS on vs off
@@ -94,7 +94,7 @@ def _processes(metrics: tuple[str, ...] = ("true",)) -> Iterator[tuple[str, ...]
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.streaming", "--serve",
                                        str(bport)], cwd=ROOT, env=env))
         for sport, on in zip(sports, metrics, strict=True):
-            procs.append(subprocess.Popen([sys.executable, "-m", "router", "serve", "--port",
+            procs.append(subprocess.Popen([sys.executable, "-m", "router_service", "--port",
                                            str(sport), "--namespace", "bench", "--env-file",
                                            str(env_file)], cwd=ROOT,
                                           env={**env, "METRICS": on},
@@ -283,26 +283,20 @@ def metrics_cost(streams: int = 400) -> dict[str, Any]:
 
 
 def _observer_us(rounds: int = 20_000) -> float:
-    """Microseconds the metrics add before a stream's first chunk goes out: the record and the
-    stream wrapper that `ChatRouter._finish` makes (the counting runs after the last chunk)."""
-    from router._app import ChatRouter
-    from router._config import Settings
-    from router._http_types import HttpRequest, HttpResponse
-    from router._streaming import StreamFacts
-    from router_service._metrics import RouterMetrics
+    """Microseconds the metrics take to count one finished stream, from its record: all of
+    their work, and it comes after the last chunk (none of it before the first)."""
+    from router import RequestRecord
+    from router_service import RouterMetrics
 
-    router = ChatRouter(Settings(worker_url="http://127.0.0.1:9"))
-    router.observe(RouterMetrics(router.engine.breaker_states))
-    request = HttpRequest("POST", "/v1/chat/completions", {})
-
-    async def empty() -> Any:
-        yield "data: {}\n\n"
-
+    metrics = RouterMetrics(lambda: {"worker": "closed"})
+    record = RequestRecord("POST", "/v1/chat/completions", route="worker", status=200,
+                           streamed=True, duration_s=0.5, first_token_s=0.05)
+    hop = record.turn_to("worker")
+    hop.sent, hop.answered = 1, True
+    hop.add_usage({"prompt_tokens": 5, "completion_tokens": 64, "total_tokens": 69})
     started = time.perf_counter()
     for _ in range(rounds):
-        response = HttpResponse(200, "", {"x-chat-backend": "worker", "x-chat-attempts": "1"},
-                                stream=empty(), facts=StreamFacts(route="worker"))
-        router._record(request, response, started)
+        metrics.request_done(record)
     return (time.perf_counter() - started) / rounds * 1e6
 
 

@@ -24,7 +24,7 @@ from bench.alternatives import (
     ensure_portkey,
 )
 from bench.common import pct
-from router._do_event import FunctionContext
+from router import FunctionContext
 from router_service import Service
 from router_tools.gateway import load_entry
 from tests.fakes.openai_backend import FakeBackend
@@ -70,7 +70,8 @@ def warm(requests: int, *, alternatives: bool = True) -> tuple[Figures, dict[str
         # event loop that uses them (the function's loop thread, or the service's loop).
         served = load_entry()
         stack.callback(served.__globals__["FUNCTION"].close)
-        gateway = Service(served.__globals__["FUNCTION"], namespace="bench", port=0).start()
+        gateway = Service(served.__globals__["FUNCTION"].router(), namespace="bench",
+                          port=0).start()
         stack.callback(gateway.stop)
         event: dict[str, Any] = {"http": {"method": "POST", "path": "/v1/chat/completions",
                                           "headers": {"content-type": "application/json"},

@@ -37,10 +37,8 @@ sed -i.bak -E "s#\.\./lib/python3\.[0-9]+/site-packages#../lib/python3.11/site-p
   -r "$root/requirements/router.txt" "$@"
 
 # The runtime library, whole: the service (router_service/) and the tools (router_tools/) never
-# ship in a function. The one declared exception is router/__main__.py, which hands
-# `python -m router` to the tools.
+# ship in a function, and the runtime imports neither (pyproject.toml's import contracts).
 mkdir router
 cp "$root"/router/*.py router/
-rm -f router/__main__.py
 rm -rf "$site"/*.dist-info/RECORD
 find "$site" -name '__pycache__' -type d -prune -exec rm -rf {} +

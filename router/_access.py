@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Literal
 
@@ -63,6 +64,18 @@ def client_address(request: HttpRequest, proxies: Sequence[Network] = ()) -> str
     while entries and _trusted(address, proxies):
         address = entries.pop()
     return address
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request whose headers the router has checked (`ChatRouter.admit`) before its body was
+    read: the route, CORS, and, where one is needed, the credential (`subject`, as `Access`
+    named the caller) and the quota. `by` is the access layer that checked it: only that
+    router takes it. No field of a request ever stands in for this."""
+
+    request: HttpRequest
+    subject: str | None
+    by: Access
 
 
 class Access:

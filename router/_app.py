@@ -7,11 +7,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import httpx
 
-from router._access import Access
+from router._access import Access, Admission
 from router._backends import Backend, BackendName, backend_configs
 from router._config import Settings
 from router._cors import Cors
@@ -26,20 +25,25 @@ from router._errors import (
 )
 from router._event_loop import LoopThread
 from router._fallback import FallbackEngine
-from router._http_types import DEADLINE_HEADER, WARMUP_HEADER, HttpRequest, HttpResponse
+from router._http_types import (
+    DEADLINE_HEADER,
+    WARMUP_HEADER,
+    Edge,
+    Exchange,
+    HttpRequest,
+    HttpResponse,
+)
 from router._policy import Policy
 from router._quota import Quotas
+from router._record import RequestRecord
 from router._status import error_response
 from router._telemetry import Observer, Observers
 from router._wake import SpaceHub, SpaceWaker
 
-if TYPE_CHECKING:
-    from router._record import RequestRecord
-
 log = logging.getLogger("router.request")
 
 
-Handler = Callable[[HttpRequest, Deadline], Awaitable[HttpResponse]]
+Handler = Callable[[Exchange], Awaitable[HttpResponse]]
 # The most the function's answer waits for a Space wake still in flight (WAKE_GRACE_MS is
 # capped by this): the platform freezes the container once `main` returns.
 WAKE_JOIN_CAP_S = 0.25
@@ -91,10 +95,10 @@ class ChatRouter:
         self.engine.observer = self.observer
         self.engine.waker.on_checked = self.observer.wake_checked
 
-    def handle(self, request: HttpRequest, platform_remaining_ms: int | None) -> HttpResponse:
+    def handle(self, request: HttpRequest, edge: Edge) -> HttpResponse:
         """The function's path: answer on the container's loop, then give a Space wake still
         in flight a bounded moment to leave before the platform freezes the container."""
-        response = self.loop.run(self.handle_async(request, platform_remaining_ms))
+        response = self.loop.run(self.handle_async(request, edge))
         # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
         self.last_wake_wait_s = self.engine.waker.settle(
             min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
@@ -102,10 +106,36 @@ class ChatRouter:
             self.observer.flush(WAKE_JOIN_CAP_S)  # the spans leave before the freeze, too
         return response
 
-    async def handle_async(self, request: HttpRequest, platform_remaining_ms: int | None
-                           ) -> HttpResponse:
-        """Answer one request; never raises, never answers after the deadline."""
-        request_id = uuid.uuid4().hex[:16]
+    async def handle_async(self, request: HttpRequest, edge: Edge) -> HttpResponse:
+        """Answer one request, its credential and quota checked here; never raises, never
+        answers after the deadline."""
+        return await self._answer(request, edge, None)
+
+    async def admit(self, head: HttpRequest) -> Admission | HttpResponse:
+        """The service's check of a request's headers, before a byte of its body is read: the
+        route, CORS, the credential and the quota. Returns the `Admission` (then `answer` it,
+        with its body), or the finished refusal."""
+        if head.method == "OPTIONS" or head.header(WARMUP_HEADER):
+            return Admission(head, None, self.access)  # answered from the headers alone
+        record = RequestRecord(head.method, head.path, uuid.uuid4().hex[:16])
+        started = time.monotonic()
+        try:
+            if self._handler(head) == self.health:
+                return Admission(head, None, self.access)
+            return Admission(head, await self._authorize(head), self.access)
+        except Exception as exc:
+            return self._finish(head, self._refusal(exc, record), record, started)
+
+    async def answer(self, admission: Admission, body: bytes, edge: Edge) -> HttpResponse:
+        """Answer a request that `admit` let in, now with its body (its quota was counted
+        then, and is not again)."""
+        if admission.by is not self.access:
+            raise ValueError("an admission from another router")
+        return await self._answer(replace(admission.request, body=body), edge, admission)
+
+    async def _answer(self, request: HttpRequest, edge: Edge, admission: Admission | None
+                      ) -> HttpResponse:
+        record = RequestRecord(request.method, request.path, uuid.uuid4().hex[:16])
         started = time.monotonic()
         if self.observer.active:
             self.observer.request_started(request.headers)
@@ -113,85 +143,59 @@ class ChatRouter:
             deadline = Deadline.for_request(
                 self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
                 margin_ms=self.settings.deadline_margin_ms,
-                platform_remaining_ms=platform_remaining_ms,
+                edge_limit_ms=edge.time_limit_ms,
                 requested_ms=_int_header(request, DEADLINE_HEADER))
-            response = await self._dispatch(request, deadline)
+            response = await self._dispatch(request, deadline, edge, record, admission)
         except Exception as exc:
-            response = self._refusal(exc, request_id)
-        return self._finish(request, response, request_id, started)
+            response = self._refusal(exc, record)
+        return self._finish(request, response, record, started)
 
-    async def admit(self, request: HttpRequest) -> HttpRequest | HttpResponse:
-        """The service's check of a request's headers, before a byte of its body is read: the
-        route, CORS, the credential and the quota. Returns the request with its subject set
-        (then `handle_async` it with its body), or the finished refusal."""
-        if request.method == "OPTIONS" or request.header(WARMUP_HEADER):
-            return request  # answered from the headers alone; the body is never used
-        request_id = uuid.uuid4().hex[:16]
-        started = time.monotonic()
-        try:
-            if self._handler(request) != self.health:
-                return await self._authorize(request)
-            return request
-        except Exception as exc:
-            return self._finish(request, self._refusal(exc, request_id), request_id, started)
-
-    def _refusal(self, exc: Exception, request_id: str) -> HttpResponse:
+    def _refusal(self, exc: Exception, record: RequestRecord) -> HttpResponse:
         if isinstance(exc, RouterError):
+            record.code = exc.code
             return error_response(exc)
         # The last line of defence: a bug must still give the caller our JSON, not the
         # platform's bare 502. Only the type is logged: messages may carry URLs.
-        log.error("unhandled error", extra={"fields": {"request_id": request_id,
+        log.error("unhandled error", extra={"fields": {"request_id": record.request_id,
                                                        "exc_type": type(exc).__name__}})
-        return error_response(InternalError("the router failed; see its logs",
-                                            code="internal_error"))
+        error = InternalError("the router failed; see its logs", code="internal_error")
+        record.code = error.code
+        return error_response(error)
 
-    def _finish(self, request: HttpRequest, response: HttpResponse, request_id: str,
+    def _finish(self, request: HttpRequest, response: HttpResponse, record: RequestRecord,
                 started: float) -> HttpResponse:
-        response.headers["x-request-id"] = request_id
+        # The record, rendered into the answer's headers: here, once.
+        response.headers.update(record.headers())
+        response.headers["x-request-id"] = record.request_id
         response.headers.update(self.cors.headers_for(request.header("origin")))
-        self._log(request, response, request_id, (time.monotonic() - started) * 1000.0)
-        if self.observer.active:
-            self._record(request, response, started)
+        record.status = response.status
+        if response.stream is not None:
+            # A true stream is logged and counted when its last chunk has gone, with the
+            # record as it ended.
+            record.first_token_s = time.monotonic() - started  # its first chunk is in hand
+            response.stream = self._ended(response.stream, record, started)
+            return response
+        record.duration_s = time.monotonic() - started
+        self._done(record)
         return response
 
-    def _record(self, request: HttpRequest, response: HttpResponse, started: float) -> None:
-        from router._record import RequestRecord, error_code, int_or_zero, usage_counts
-
-        headers = response.headers
-        prompt, completion = usage_counts(response.usage)
-        record = RequestRecord(
-            request.method, request.path, response.status, headers.get("x-chat-route"),
-            headers.get("x-chat-backend"), headers.get("x-chat-fallback"),
-            int_or_zero(headers.get("x-chat-attempts")), time.monotonic() - started,
-            error_code(response.status, response.body), prompt, completion)
-        if response.stream is None or response.facts is None:
-            self.observer.request_done(record)
-            return
-        # A true stream is counted when its last chunk has gone, with the facts it ended on.
-        response.stream = self._observed(response.stream, response, record, started)
-
-    async def _observed(self, stream: AsyncIterator[str], response: HttpResponse,
-                        record: RequestRecord, started: float) -> AsyncIterator[str]:
-        from router._record import stream_error_code, usage_counts
-
-        first_token_s = time.monotonic() - started  # the first chunk is in hand already
-        last = ""
+    async def _ended(self, stream: AsyncIterator[str], record: RequestRecord, started: float
+                     ) -> AsyncIterator[str]:
         try:
             async for text in stream:
-                last = text
                 yield text
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-            facts = response.facts
-            assert facts is not None
-            prompt, completion = usage_counts(facts.usage)
-            self.observer.request_done(replace(
-                record, backend=facts.backend or record.backend, fallback=facts.fallback,
-                attempts=facts.attempts, duration_s=time.monotonic() - started,
-                prompt_tokens=prompt, completion_tokens=completion, streamed=True,
-                first_token_s=first_token_s, code=stream_error_code(last)))
+            record.duration_s = time.monotonic() - started
+            self._done(record)
 
-    async def _dispatch(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    def _done(self, record: RequestRecord) -> None:
+        log.info("request", extra={"fields": record.log_fields()})
+        if self.observer.active:
+            self.observer.request_done(record)
+
+    async def _dispatch(self, request: HttpRequest, deadline: Deadline, edge: Edge,
+                        record: RequestRecord, admission: Admission | None) -> HttpResponse:
         if request.method == "OPTIONS":
             return self.cors.preflight(request.header("origin"),
                                        request.header("access-control-request-method"))
@@ -199,11 +203,12 @@ class ChatRouter:
             # The warmup function's ping: keep this container warm, touch no backend.
             return HttpResponse.json(200, {"warm": True})
         handler = self._handler(request)
-        if handler != self.health and not request.subject:
-            # (A request the service admitted already carries its subject: it was checked,
-            # and its quota taken, before its body was read.)
-            request = await self._authorize(request)
-        return await handler(request, deadline)
+        subject = ""
+        if handler != self.health:
+            # Checked (and its quota counted) here, or by `admit` before the body was read.
+            admitted = admission.subject if admission is not None else None
+            subject = admitted if admitted is not None else await self._authorize(request)
+        return await handler(Exchange(request, subject, deadline, edge, record))
 
     def _handler(self, request: HttpRequest) -> Handler:
         # CORS, then the route (404, 405): all from the headers.
@@ -216,20 +221,20 @@ class ChatRouter:
             raise NotFound("no such endpoint; see the README for the paths")
         return handler
 
-    async def _authorize(self, request: HttpRequest) -> HttpRequest:
+    async def _authorize(self, request: HttpRequest) -> str:
         # A key or token when configured (an Origin header proves nothing), then the quota.
         subject = self.access.subject(request)
         await self.quotas.check(subject)
-        return replace(request, subject=subject)
+        return subject
 
-    async def health(self, request: HttpRequest, deadline: Deadline) -> HttpResponse:
+    async def health(self, ex: Exchange) -> HttpResponse:
         """Cheap liveness, never a backend call. Anyone learns whether the router is up and
         configured; which backend fails, and how quotas are counted, only a caller with a key
         or token (or anyone, when the function is open to anyone anyway)."""
         quota = self.quotas.state  # as the last count found it: /health never asks Redis
         status = "misconfigured" if quota == "misconfigured" else "ok"
         public = {"status": status, "auth": self.access.mode}
-        if not self.access.may_see_details(request):
+        if not self.access.may_see_details(ex.request):
             return HttpResponse.json(200, public)
         return HttpResponse.json(200, {
             **public,
@@ -239,22 +244,6 @@ class ChatRouter:
             "space_configured": self.settings.has_space,
             "wake_configured": self.settings.can_wake,
         })
-
-    def _log(self, request: HttpRequest, response: HttpResponse, request_id: str,
-             latency_ms: float) -> None:
-        headers = response.headers
-        log.info("request", extra={"fields": {
-            "request_id": request_id,
-            "method": request.method,
-            "path": request.path[:64],
-            "status": response.status,
-            "route": headers.get("x-chat-route"),
-            "route_reason": headers.get("x-chat-route-reason"),
-            "backend": headers.get("x-chat-backend"),
-            "fallback": headers.get("x-chat-fallback"),
-            "attempts": headers.get("x-chat-attempts"),
-            "latency_ms": round(latency_ms, 1),
-        }})
 
     async def aclose(self) -> None:
         """Close every backend client (on the loop that used them)."""

@@ -24,6 +24,7 @@ from router._errors import BackendError, BackendProtocolError, BackendTimeout, N
 from router._stream_read import (
     SseParser,
     StreamLimits,
+    chunks_of_completion,
     read_chunks,
     usage_in,
 )
@@ -165,10 +166,7 @@ class Backend:
                                                    "bytes", backend=self.name)
         except httpx.HTTPError as exc:
             raise translate_httpx_error(exc, self.name) from None
-        # The body is already decoded: drop content-encoding so it is not decoded twice.
-        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
-        return classify_response(httpx.Response(response.status_code, headers=headers,
-                                                content=bytes(body)), self.name)
+        return classify_response(response.status_code, response.headers, bytes(body), self.name)
 
     async def open_stream(self, method: str, path: str, *, timeout_s: float,
                           first_token_s: float, json_body: dict[str, Any]) -> OpenStream:
@@ -201,9 +199,7 @@ class Backend:
             await stack.aclose()
             raise
         await stack.aclose()
-        headers = [(k, v) for k, v in response.headers.items() if k != "content-encoding"]
-        payload = classify_response(httpx.Response(response.status_code, headers=headers,
-                                                   content=body), self.name)
+        payload = classify_response(response.status_code, response.headers, body, self.name)
         # A backend that ignored `stream: true` and answered JSON: relay it as one stream.
         return OpenStream(self.name, None, stack, payload)
 
@@ -252,8 +248,6 @@ class OpenStream:
                      first_by: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """The checked chunks (see `stream_read.read_chunks`)."""
         if self.payload is not None:
-            from router._stream_read import chunks_of_completion
-
             for chunk in chunks_of_completion(self.payload, self.name):
                 yield chunk
             return

@@ -21,7 +21,6 @@ from router._errors import (
     SpaceSleeping,
     SpaceStarting,
 )
-from router._stream_read import completion_from_sse
 
 BackendName = Literal["worker", "space"]
 
@@ -67,8 +66,8 @@ def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName) -> Backend
                        retryable=retryable)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after", "")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -118,13 +117,13 @@ def provider_error(body: bytes) -> tuple[str | None, str | None]:
     return safe_code, raw_message
 
 
-def classify_response(response: httpx.Response, backend: BackendName) -> dict[str, Any]:
-    """Return the JSON object of a good answer, or raise the error that the answer means."""
-    status = response.status_code
-    ctype = response.headers.get("content-type", "").lower()
-    body = response.content
+def classify_response(status: int, headers: httpx.Headers, body: bytes, backend: BackendName
+                      ) -> dict[str, Any]:
+    """Return the JSON object of a good answer (`body`, read whole and decoded), or raise the
+    error that the answer means."""
+    ctype = headers.get("content-type", "").lower()
     looks_html = "html" in ctype or body.lstrip()[:1] == b"<"
-    retry_after = _retry_after(response)
+    retry_after = _retry_after(headers)
     if backend == "space" and (looks_html or status in (502, 503, 504)):
         # Hugging Face's edge answers a sleeping Space with 200 and an HTML page; starting or
         # broken Spaces answer 502/503/504 or HTML. None of these is a model reply.
@@ -151,9 +150,6 @@ def classify_response(response: httpx.Response, backend: BackendName) -> dict[st
                                    sent=True, status=status)
         rejected.provider_code, rejected.provider_message = provider_error(body)
         raise rejected
-    if status == 200 and "event-stream" in ctype:
-        # A backend that streamed although asked not to: the same checks as a relayed stream.
-        return completion_from_sse(body, backend)
     if status != 200 or "json" not in ctype:
         raise BackendProtocolError(f"{backend}: unexpected answer (HTTP {status}, not JSON)",
                                    backend=backend, status=status)

@@ -229,7 +229,7 @@ class Settings(BaseModel):
     @field_validator("warm_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
-        # Imported here: router._schedule imports this module.
+        # Imported here, not with this module: the entry's import need not parse schedules.
         from router._schedule import Schedule
 
         try:

@@ -38,10 +38,10 @@ class PerContainer(Generic[T]):
         """The object, built on the first call (settings are read and logging set up then)."""
         with self._lock:
             if self._value is None:
-                from router._logs import configure
+                from router._logs import configure_logging
 
                 settings = Settings.from_env(self._env if self._env is not None else os.environ)
-                configure(settings)
+                configure_logging(settings)
                 self._value = self._build(settings)
             return self._value
 

@@ -35,12 +35,13 @@ class Deadline:
 
     @classmethod
     def for_request(cls, configured_ms: int, *, floor_ms: int, margin_ms: int,
-                    platform_remaining_ms: int | None, requested_ms: int | None) -> Deadline:
-        """The smaller of the configured deadline, the platform's time less `margin_ms`, and the
-        caller's own `X-Chat-Deadline-Ms` (never below `floor_ms`)."""
+                    edge_limit_ms: int | None, requested_ms: int | None) -> Deadline:
+        """The smaller of the configured deadline, the edge's own time limit (a function's
+        remaining time, the service's `limits.timeout`) less `margin_ms`, and the caller's own
+        `X-Chat-Deadline-Ms` (never below `floor_ms`)."""
         budget_ms = float(configured_ms)
-        if platform_remaining_ms is not None:
-            budget_ms = min(budget_ms, float(platform_remaining_ms - margin_ms))
+        if edge_limit_ms is not None:
+            budget_ms = min(budget_ms, float(edge_limit_ms - margin_ms))
         shortened = False
         if requested_ms is not None:
             wanted = max(float(requested_ms), float(floor_ms))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from router._config import Settings
 from router._container import PerContainer
 from router._errors import BadRequest, InternalError, PayloadTooLarge, RouterError
-from router._http_types import HttpRequest, HttpResponse
+from router._http_types import Edge, HttpRequest, HttpResponse
 from router._status import error_response
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class WebFunction:
                 "the router failed to start", extra={"fields": {"exc_type": type(exc).__name__}})
             return to_do_response(error_response(InternalError(
                 "the router failed to start; see its logs", code="internal_error")))
-        return to_do_response(router.handle(request, remaining_ms(context)))
+        return to_do_response(router.handle(request, Edge(time_limit_ms=remaining_ms(context))))
 
 
 def _build_router(settings: Settings) -> ChatRouter:

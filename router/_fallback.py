@@ -1,13 +1,21 @@
-"""The fallback engine: try backends in order inside one deadline, and say what happened."""
+"""The fallback engine: the one loop that tries backends in order inside one deadline.
+
+Every request to a backend goes through `FallbackEngine.run`: a chat streamed to the client as
+it comes, a chat collected into one answer (the function's, and the service's `stream: false`),
+and embeddings. What differs between them is the `Source` (router/_attempts.py): what one
+attempt on one backend sends, reads and hands on. The policy is here, once: the order, each
+backend's share of the deadline, the breaker and its probe slot, the caller's GPU budget, the
+verdict on a failure (the caller's fault, a reroute for a longer context, or the backend's),
+the wake of a sleeping Space, and the record of every hop (router/_record.py).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeGuard, TypeVar
 
-from router._backends import Backend, BackendConfig, BackendName
+from router._backends import Backend, BackendName
 from router._breaker import CircuitBreaker
 from router._classify import rejected_detail, scrub_message
 from router._config import Settings
@@ -29,10 +37,13 @@ from router._errors import (
     SpaceStarting,
 )
 from router._quota import SpaceBudget
-from router._retry import Attempt, call_with_retries
-from router._stream_read import StreamLimits, StreamOutOfTime, completion_from_chunks
+from router._record import Hop, RequestRecord
+from router._stream_read import StreamOutOfTime
 from router._telemetry import Observer
 from router._wake import SpaceWaker
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 # Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
 WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavailable",
@@ -45,28 +56,31 @@ CALLER_FAULT = frozenset(set(range(400, 500)) - {401, 403, 408, 429})
 CONTEXT_TOO_LONG = "context_length_exceeded"
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One logical request to whichever backend serves it."""
-
-    method: str
-    path: str
-    body_for: Callable[[BackendConfig], dict[str, Any] | None]
-    idempotent: bool
-    check: Callable[[dict[str, Any], BackendName], None]
-    # Ask the backend to stream, and buffer it: the first-token and stall limits then apply,
-    # and a cut, stalled or malformed stream is never a "successful" truncated answer.
-    stream: bool = False
+def refused_request(exc: BackendError) -> TypeGuard[BackendRejected]:
+    """Whether a backend refused the request itself (a 4xx of `CALLER_FAULT`), not failed."""
+    return isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer, who gave it, why the first choice did not (if so), and how many tries."""
+class Turn:
+    """One turn of the loop to one backend: what an attempt there may use."""
 
-    payload: dict[str, Any]
-    backend: BackendName
-    fallback: str | None
-    attempts: int
+    backend: Backend
+    hop: Hop
+    deadline: Deadline
+    # When this backend's share ends (time.monotonic): the deadline, less what the next
+    # backend needs; the deadline itself for the last.
+    share_end: float
+    retry_attempts: int
+
+
+class Source(Protocol[T_co]):
+    """What one attempt on one backend does: send, read, check, and hand on what it has."""
+
+    def attempt(self, turn: Turn) -> AsyncGenerator[T_co, None]:
+        """The items of this backend's answer (a chat's chunks, or one whole answer); raise a
+        BackendError when the backend fails."""
+        ...
 
 
 def counts_against(exc: BackendError, deadline: Deadline) -> bool:
@@ -119,51 +133,72 @@ class FallbackEngine:
                          for name in backends}
         self.observer = Observer()  # the router's observers (router/_telemetry.py)
 
-    async def run(self, order: Sequence[BackendName], call: Call, deadline: Deadline,
-                  budget: SpaceBudget | None = None) -> Outcome:
-        """Serve `call` from the first backend in `order` that answers within the deadline,
-        and that `budget` (the caller's GPU budget) admits.
+    async def run(self, order: Sequence[BackendName], source: Source[T], deadline: Deadline,
+                  record: RequestRecord, budget: SpaceBudget | None = None
+                  ) -> AsyncGenerator[T, None]:
+        """The items of one answer: from the first backend in `order` that the breakers and
+        `budget` (the caller's GPU budget) admit and that answers within the deadline; after
+        a failure part-way, from the next, as `source` continues it. Each hop goes into
+        `record`. Read it to its end: the backend's verdict is given when its items end.
 
         A wake of the Space runs on its own thread and is never awaited here: the answer does
         not wait for the Hub (the function's edge gives it a bounded moment to leave).
         """
-        reasons: list[str] = []
-        attempts = 0
         retry_after = 0.0
         too_large = False
+        delivered = False  # the consumer holds part of an answer
         for index, name in enumerate(order):
-            backend = self.backends[name]
-            breaker = self.breakers[name]
-            is_last = index == len(order) - 1
-            tried: list[Attempt] = []
+            if deadline.expired():
+                break
             try:
                 await self.admit_within(name, budget)
-                payload = await self._attempt(backend, call, deadline, is_last, tried.append)
-            except asyncio.CancelledError:
-                breaker.release()  # the caller went away: no verdict on the backend
-                raise
             except (CircuitOpen, OverBudget) as exc:
-                reasons.append(exc.reason)
+                record.skip(name, exc.reason)
                 retry_after = max(retry_after, exc.retry_after_s or 0.0)
                 continue
+            is_last = index == len(order) - 1
+            hop = record.turn_to(name)
+            items = source.attempt(Turn(self.backends[name], hop, deadline,
+                                        deadline.end - self.reserve_s(deadline, is_last),
+                                        self.settings.retry_attempts))
+            try:
+                async for item in items:
+                    hop.answered = delivered = True
+                    yield item
             except BackendError as exc:
-                attempts += len(tried)
-                if isinstance(exc, BackendRejected) and exc.status in CALLER_FAULT:
-                    breaker.record_success()  # the backend is fine; the request was not
-                    if exc.provider_code == CONTEXT_TOO_LONG and index < len(order) - 1:
-                        reasons.append(CONTEXT_TOO_LONG)  # the other may have a larger window
+                if refused_request(exc) and not delivered:
+                    self.breakers[name].record_success()  # the backend is fine; the request not
+                    if exc.provider_code == CONTEXT_TOO_LONG and not is_last:
+                        hop.reason = CONTEXT_TOO_LONG  # the next may have a larger window
                         continue
                     raise rejected_error(exc, self.settings) from None
-                reasons.append(exc.reason)
+                hop.reason = exc.reason
                 too_large = isinstance(exc, ResponseTooLarge)
                 if exc.retry_after_s is not None:
                     retry_after = max(retry_after, exc.retry_after_s)
                 self.note_failure(name, exc, deadline)
+                if isinstance(exc, StreamOutOfTime) and delivered:
+                    # The caller's time is up mid-answer: no other backend can start now.
+                    raise DeadlineExceeded("the deadline ended before the answer did",
+                                           reasons=tuple(record.reasons())) from None
                 continue
-            attempts += len(tried)
-            breaker.record_success()
-            return Outcome(payload, name, reasons[0] if reasons else None, attempts)
-        raise no_answer(reasons, retry_after, deadline, too_large=too_large, budget=budget)
+            except BaseException:
+                # No verdict on the backend: the caller went away, or something that is no
+                # backend's failure broke the attempt. Either way, a probe slot goes back.
+                self.breakers[name].release()
+                raise
+            finally:
+                await items.aclose()  # now, not at garbage collection: it hangs up the backend
+            self.breakers[name].record_success()
+            return
+        raise no_answer(record.reasons(), retry_after, deadline, too_large=too_large,
+                        budget=budget)
+
+    async def answer(self, order: Sequence[BackendName], source: Source[T], deadline: Deadline,
+                     record: RequestRecord, budget: SpaceBudget | None = None) -> T:
+        """The one item of a source that hands on a whole answer (`run`, read to its end)."""
+        answers = [item async for item in self.run(order, source, deadline, record, budget)]
+        return answers[-1]
 
     def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
         """A failed attempt: count it on the backend's breaker (if it is evidence against the
@@ -193,57 +228,19 @@ class FallbackEngine:
         """`admit`, then the caller's GPU budget: raise OverBudget when it keeps the request
         from the backend (counted only for an attempt that would really go out)."""
         self.admit(name)
-        if budget is not None and not await budget.admit(name):
+        try:
+            allowed = budget is None or await budget.admit(name)
+        except BaseException:
             self.breakers[name].release()  # a probe slot taken by `admit` goes back unused
+            raise
+        if not allowed:
+            self.breakers[name].release()
             raise OverBudget(f"{name}: over the GPU budget", backend=name, sent=False)
 
     def reserve_s(self, deadline: Deadline, is_last: bool) -> float:
         """Time kept for the next backend: never more than half of what is left."""
         return 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
                                        deadline.remaining() / 2)
-
-    async def _attempt(self, backend: Backend, call: Call, deadline: Deadline, is_last: bool,
-                       on_attempt: Callable[[Attempt], None]) -> dict[str, Any]:
-        reserve = self.reserve_s(deadline, is_last)
-        body = call.body_for(backend.config)
-
-        async def once(timeout_s: float) -> dict[str, Any]:
-            if call.stream and body is not None:
-                payload = await self._buffered(backend, call.path, body, timeout_s)
-            else:
-                payload = await backend.request(call.method, call.path, timeout_s=timeout_s,
-                                                json_body=body)
-            call.check(payload, backend.name)
-            return payload
-
-        return await call_with_retries(once, budget_end=deadline.end - reserve,
-                                       attempts=self.settings.retry_attempts,
-                                       idempotent=call.idempotent, on_attempt=on_attempt)
-
-    async def _buffered(self, backend: Backend, path: str, body: dict[str, Any],
-                        timeout_s: float) -> dict[str, Any]:
-        """One streamed attempt, read whole (within `timeout_s`) into a completion."""
-        limits = StreamLimits(self.settings.first_token_timeout_ms / 1000.0,
-                              self.settings.stream_stall_timeout_ms / 1000.0)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        opened = await backend.open_stream(
-            "POST", path, timeout_s=timeout_s, first_token_s=limits.first_token_s,
-            json_body={**body, "stream": True, "stream_options": {"include_usage": True}})
-        if opened.payload is not None:  # it answered JSON: the call's own check judges it
-            await opened.aclose()
-            return opened.payload
-        try:
-            chunks = [chunk async for chunk in opened.chunks(limits, started=started,
-                                                              end=started + timeout_s)]
-        except BaseException:
-            await opened.aclose()
-            raise
-        usage = await opened.finish()
-        completion = completion_from_chunks(chunks)
-        if usage is not None:
-            completion["usage"] = usage
-        return completion
 
     def _maybe_wake(self, name: BackendName, reason: str) -> None:
         if name == "space" and reason in WAKE_REASONS:

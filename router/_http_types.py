@@ -1,4 +1,5 @@
-"""The router's own request and response types, independent of any platform."""
+"""The router's own request and response types, independent of any platform; what the edge
+that serves a request can do (`Edge`); and one request on its way through (`Exchange`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from router._streaming import StreamFacts
+    from router._deadline import Deadline
+    from router._record import RequestRecord
 
 # The request headers of our own protocol, shared by the router and the warmup function.
 DEADLINE_HEADER = "x-chat-deadline-ms"
@@ -24,9 +26,6 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes = b""
     query: str = ""
-    # Who is calling, as router/_access.py named it (`user:`, `key:` or `ip:`); set after the
-    # access check, empty before it.
-    subject: str = ""
     # The address of the connection's other end, where the server knows it (the service);
     # empty in the function, where DigitalOcean's edge writes X-Forwarded-For instead.
     peer: str = ""
@@ -45,10 +44,6 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
     # The service's true streams only: SSE text, chunk by chunk (the function never sets it).
     stream: AsyncIterator[str] | None = None
-    # For the observer (router/_telemetry.py), never sent: the backend's token counts, and a
-    # true stream's facts (filled in as it runs).
-    usage: dict[str, Any] | None = None
-    facts: StreamFacts | None = None
 
     @classmethod
     def json(cls, status: int, data: Any, headers: Mapping[str, str] | None = None
@@ -56,3 +51,27 @@ class HttpResponse:
         """A JSON response."""
         return cls(status, json.dumps(data, separators=(",", ":")),
                    {"content-type": "application/json", **(headers or {})})
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """What the edge that serves a request can do: the time it gives the whole answer (a
+    function's remaining time, the service's `limits.timeout`; None: no limit of its own),
+    and whether it sends a stream as it comes (the service) or returns one body (a function,
+    whose `stream: true` is answered with the whole stream at once)."""
+
+    time_limit_ms: int | None = None
+    live_streams: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request on its way through the router: who sent it (as the access layer named
+    them, for the quotas), its deadline, the edge's abilities, and the record of what
+    happened to it."""
+
+    request: HttpRequest
+    subject: str
+    deadline: Deadline
+    edge: Edge
+    record: RequestRecord

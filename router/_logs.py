@@ -38,7 +38,7 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
-def configure(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
     """Send the `router` logger to stderr as JSON lines; quiet httpx, which logs URLs."""
     logger = logging.getLogger("router")
     formatter = JsonFormatter(settings.secrets())

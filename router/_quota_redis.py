@@ -28,7 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from router._quota import QuotaState, Window
+from router._counter import QuotaState, Window
 
 log = logging.getLogger("router.quota")
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from router._config import Settings
 from router._errors import ConfigError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -162,9 +161,10 @@ def utc_now() -> datetime:
 class SpaceHours:
     """The off-hours rule: may requests use the Space now? Per container, parsed once."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
-        self.schedule = Schedule.parse(settings.warm_schedule)
-        self.off_hours = settings.off_hours
+    def __init__(self, warm_schedule: str, off_hours: str,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.schedule = Schedule.parse(warm_schedule)
+        self.off_hours = off_hours
         self._clock = clock
 
     def space_allowed(self) -> bool:

@@ -83,12 +83,14 @@ class ChatRequest(BaseModel):
 
     def upstream_body(self, model: str, max_tokens: int) -> dict[str, Any]:
         """The body sent to a backend: the messages and every documented field as the caller
-        sent them, our model name and token limit; never streamed (the caller streams)."""
+        sent them, our model name and token limit. A backend is always asked to stream, with
+        its usage last, whatever the caller asked: its answer is judged by its progress."""
         body: dict[str, Any] = {
             "model": model,
             "messages": [m.upstream() for m in self.messages],
             "max_tokens": max_tokens,
-            "stream": False,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
         for name in ("temperature", "top_p", "stop", "seed"):
             value = getattr(self, name)

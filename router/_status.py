@@ -50,8 +50,6 @@ def error_response(exc: RouterError) -> HttpResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, NoBackend | RateLimited):
         headers["retry-after"] = str(exc.retry_after_s)
-    if isinstance(exc, NoBackend | DeadlineExceeded) and exc.reasons:
-        headers["x-chat-fallback"] = exc.reasons[-1]
     elif isinstance(exc, ConfigError):
         headers["retry-after"] = "60"
     return HttpResponse.json(status, {"error": {"type": kind, "message": exc.message,

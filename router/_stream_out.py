@@ -1,25 +1,27 @@
-"""The service's side of a true stream: chunks out as SSE, the `x_chat` facts last.
+"""A chat's chunks as server-sent events, the way OpenAI's clients read them: the service's
+true stream (`relay`, chunk by chunk) and the function's buffered one (`buffered`, one body),
+written by the same `SseWriter`.
 
-`STREAMING` is set by the service (router_service) for the request it serves: only then
-does `stream: true` stream for real. The function leaves it unset and answers a buffered stream.
+The chunk with the `finish_reason` goes last and carries `x_chat` (so every chunk has
+`choices[0]`, as the common `chunk.choices[0].delta` loop expects); then, only when the client
+asked for `include_usage`, OpenAI's empty-`choices` usage chunk (covering every backend whose
+words the answer holds); then `[DONE]`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 from router._errors import RouterError
+from router._record import RequestRecord
 from router._status import status_for
 from router._stream_read import finish_of
-from router._streaming import StreamFacts
 
 log = logging.getLogger("router.stream")
-
-STREAMING: ContextVar[bool] = ContextVar("router_streaming", default=False)
+DONE = "data: [DONE]\n\n"
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -27,42 +29,69 @@ def sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def relay(first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None],
-                facts: StreamFacts, *, include_usage: bool = False) -> AsyncIterator[str]:
-    """Each chunk as it comes, the one with the `finish_reason` last, carrying `x_chat` (so
-    every chunk has `choices[0]`, as the common `chunk.choices[0].delta` loop expects); then,
-    only when the client asked for `include_usage`, OpenAI's empty-`choices` usage chunk
-    (covering every backend that produced the answer); then `[DONE]`.
+class SseWriter:
+    """Writes one answer's events; `x_chat` and the usage come from the request's record."""
 
-    A failure after the headers went out (no backend could finish the answer) ends the stream
-    with an `error` event and no `[DONE]`: the client sees a failure, never a truncated answer
-    that looks finished.
-    """
-    ending = first if finish_of(first) else None
-    try:
-        if ending is None:
-            yield sse(first)
-        async for chunk in chunks:
-            if finish_of(chunk):
-                ending = chunk  # sent once the facts are complete, when the run ends
-            else:
-                yield sse(chunk)
-    except RouterError as exc:
+    def __init__(self, record: RequestRecord, *, include_usage: bool) -> None:
+        self.record = record
+        self.include_usage = include_usage
+        self.first: dict[str, Any] | None = None
+        self.ending: dict[str, Any] | None = None
+
+    def chunk(self, chunk: dict[str, Any]) -> str:
+        """The event for one chunk ("" for the finish chunk: it is held for `end`)."""
+        self.first = self.first or chunk
+        if finish_of(chunk):
+            self.ending = chunk  # sent once the record is complete, at the end
+            return ""
+        return sse(chunk)
+
+    def end(self) -> str:
+        """The finish chunk with `x_chat`, the usage chunk if asked for, and `[DONE]`."""
+        first = self.first or {}
+        ending = self.ending or {**first, "choices": [{"index": 0, "delta": {},
+                                                       "finish_reason": "stop"}]}
+        out = sse({**ending, "x_chat": self.record.x_chat()})
+        usage = self.record.usage(answered_only=True)
+        if self.include_usage and usage is not None:
+            out += sse({"id": first.get("id", "chatcmpl-router"),
+                        "object": "chat.completion.chunk", "created": first.get("created", 0),
+                        "model": first.get("model", ""), "choices": [], "usage": usage})
+        return out + DONE
+
+    def error(self, exc: RouterError) -> str:
+        """The event that ends a stream no backend could finish: an `error`, no `[DONE]`, so
+        the client sees a failure, never a truncated answer that looks finished."""
         _, kind = status_for(exc)
+        self.record.code = exc.code
+        return sse({"error": {"type": kind, "message": exc.message, "code": exc.code},
+                    "x_chat": self.record.x_chat()})
+
+
+def buffered(chunks: Iterable[dict[str, Any]], writer: SseWriter) -> str:
+    """A whole answer's events as one body (a web function returns one body)."""
+    return "".join(writer.chunk(chunk) for chunk in chunks) + writer.end()
+
+
+async def relay(first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], None],
+                writer: SseWriter) -> AsyncIterator[str]:
+    """Each chunk's event as it comes (`first` is in hand already), then the end; a failure
+    after the headers went out ends the stream with the error event."""
+    try:
+        text = writer.chunk(first)
+        if text:
+            yield text
+        async for chunk in chunks:
+            text = writer.chunk(chunk)
+            if text:
+                yield text
+    except RouterError as exc:
+        record = writer.record
         log.warning("stream failed after content", extra={"fields": {
-            "code": exc.code, "attempts": facts.attempts}})
-        yield sse({"error": {"type": kind, "message": exc.message, "code": exc.code},
-                   "x_chat": facts.as_dict()})
+            "request_id": record.request_id, "code": exc.code, "attempts": record.attempts}})
+        yield writer.error(exc)
         return
     finally:
         # A client that hung up closes this relay: close the backend's stream now too.
         await chunks.aclose()
-    if ending is None:  # never: a run ends only after a finish_reason
-        ending = {**first, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    yield sse({**ending, "x_chat": facts.as_dict()})
-    if include_usage and facts.usage is not None:
-        yield sse({"id": first.get("id", "chatcmpl-router"), "object": "chat.completion.chunk",
-                   "created": first.get("created", 0), "model": first.get("model", ""),
-                   "choices": [], "usage": facts.usage})
-    yield "data: [DONE]\n\n"
-
+    yield writer.end()

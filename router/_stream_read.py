@@ -2,8 +2,8 @@
 
 A stream succeeds only when a chunk carries a `finish_reason`. No content within the first-token
 limit, no chunk within the stall limit, a cut (the body ends first), an `{"error": ...}` event
-or a malformed chunk is a `BackendError`, so the engine fails over. Both paths use it: the
-service relays the chunks as they come; the function's buffered path reads a whole SSE answer.
+or a malformed chunk is a `BackendError`, so the engine fails over. Every chat is read this way,
+whether it goes to the client chunk by chunk or is collected into one answer.
 """
 
 from __future__ import annotations
@@ -181,34 +181,55 @@ def usage_in(events: Iterable[str]) -> dict[str, Any] | None:
 
 
 def completion_from_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Fold checked chunks into one `chat.completion` object."""
+    """Fold checked chunks into one `chat.completion` object: content, reasoning, tool calls,
+    a refusal, and the logprobs of each, as the stream carried them."""
     text: list[str] = []
     reasoning: list[str] = []
+    refusal: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
+    logprobs: dict[str, list[Any]] | None = None
     first: dict[str, Any] = {}
     finish = "stop"
-    usage = None
     for chunk in chunks:
         first = first or chunk
+        delta = delta_of(chunk)
         text.append(content_of(chunk))
-        reasoning.append(str(delta_of(chunk).get("reasoning_content") or ""))
-        _fold_tool_calls(calls, delta_of(chunk).get("tool_calls") or [])
+        reasoning.append(str(delta.get("reasoning_content") or ""))
+        refusal.append(str(delta.get("refusal") or ""))
+        _fold_tool_calls(calls, delta.get("tool_calls") or [])
+        logprobs = _fold_logprobs(logprobs, (chunk.get("choices") or [{}])[0].get("logprobs"))
         finish = finish_of(chunk) or finish
-        usage = chunk.get("usage") or usage
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
+    if any(refusal):
+        message["refusal"] = "".join(refusal)
     if calls:
         message["tool_calls"] = [calls[index] for index in sorted(calls)]
         message["content"] = message["content"] or None  # as OpenAI answers a tool call
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": message}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs["content"] or None,
+                              "refusal": logprobs["refusal"] or None}
     out: dict[str, Any] = {
         "id": first.get("id", "chatcmpl-router"), "object": "chat.completion",
         "created": first.get("created", 0), "model": first.get("model", ""),
-        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+        "choices": [choice],
     }
-    if usage is not None:
-        out["usage"] = usage
+    if first.get("system_fingerprint"):
+        out["system_fingerprint"] = first["system_fingerprint"]
     return out
+
+
+def _fold_logprobs(total: dict[str, list[Any]] | None, part: Any) -> dict[str, list[Any]] | None:
+    """Add one chunk's `logprobs` (`{"content": [...], "refusal": [...]}`) to the answer's."""
+    if not isinstance(part, dict):
+        return total
+    total = total or {"content": [], "refusal": []}
+    for key in ("content", "refusal"):
+        if isinstance(part.get(key), list):
+            total[key] += part[key]
+    return total
 
 
 def _fold_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[Any]) -> None:
@@ -227,34 +248,27 @@ def _fold_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[Any]) -> Non
 
 
 def chunks_of_completion(completion: dict[str, Any], backend: str) -> list[dict[str, Any]]:
-    """A whole `chat.completion` as the chunks a stream of it would carry."""
+    """A whole `chat.completion` (a backend that answered JSON when asked to stream) as the
+    chunks a stream of it would carry: its message's every field as one delta, with its
+    logprobs, then the finish. Folded again, they give the same message."""
     base = {"id": completion.get("id", "chatcmpl-router"), "object": "chat.completion.chunk",
             "created": completion.get("created", 0), "model": completion.get("model", "")}
+    if completion.get("system_fingerprint"):
+        base["system_fingerprint"] = completion["system_fingerprint"]
     choices = completion.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None) \
+            or not isinstance(message.get("tool_calls"), list | None):
         raise BackendProtocolError("answer has no message", backend=backend)
-    content = str(message.get("content") or "")
-    return [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content},
-                              "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {},
-                              "finish_reason": choice.get("finish_reason") or "stop"}]},
-    ]
-
-
-def completion_from_sse(body: bytes, backend: str) -> dict[str, Any]:
-    """A whole SSE answer (a backend that streamed when asked not to) as a completion, with the
-    same checks: cut, error event or malformed chunk raise; never a truncated "success"."""
-    parser = SseParser()
-    chunks: list[dict[str, Any]] = []
-    for event in parser.feed(body + b"\n\n"):
-        chunk = check_chunk(event, backend)
-        if chunk is None:
-            break
-        chunks.append(chunk)
-        if finish_of(chunk):
-            return completion_from_chunks(chunks)
-    raise StreamCut(f"{backend}: stream ended without a finish_reason", backend=backend)
-
+    delta: dict[str, Any] = {**message, "role": "assistant",
+                             "content": str(message.get("content") or "")}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{"index": index, **call} if isinstance(call, dict) else call
+                               for index, call in enumerate(message["tool_calls"])]
+    body: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+    if isinstance(choice.get("logprobs"), dict):
+        body["logprobs"] = choice["logprobs"]
+    return [{**base, "choices": [body]},
+            {**base, "choices": [{"index": 0, "delta": {},
+                                  "finish_reason": choice.get("finish_reason") or "stop"}]}]

@@ -11,18 +11,27 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 if TYPE_CHECKING:
     from router._record import RequestRecord
-    from router._tracing import RequestTrace
+
+
+class Traced(Protocol):
+    """A request's trace, as the backends' clients see it (router/_tracing.py's RequestTrace)."""
+
+    def outgoing(self, backend: str) -> str:
+        """Start an attempt span; the `traceparent` that passes it on to the backend."""
+
+    def end_attempt(self, error: str | None) -> None:
+        """End the attempt in flight, with its failure reason (None: no failure)."""
 
 
 # The request being traced, in this task (each request runs in its own asyncio task); set only
 # by router/_tracing.py, which is loaded only when traces are exported.
-TRACE: ContextVar[RequestTrace | None] = ContextVar("router_trace", default=None)
+TRACE: ContextVar[Traced | None] = ContextVar("router_trace", default=None)
 
 
 def trace_hook(backend: str) -> Callable[[httpx.Request], Awaitable[None]]:

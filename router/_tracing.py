@@ -146,7 +146,7 @@ class Tracer(Observer):
     def request_done(self, record: RequestRecord) -> None:
         """Make the request's spans and hand them to the exporter thread."""
         trace = TRACE.get()
-        if trace is None:
+        if not isinstance(trace, RequestTrace):
             return
         TRACE.set(None)
         trace.end_attempt(None)

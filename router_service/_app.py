@@ -1,10 +1,11 @@
 """The router as a service: a plain ASGI app, on uvicorn behind the door (router_service/_door.py).
 
 It serves the `ask` function's endpoints on DigitalOcean's URL shape
-(`/api/v1/web/<namespace>/chat/ask/...`) and the chat page at `/`, with the same library the
-function runs (one engine), awaited on uvicorn's loop. Unlike the function, `stream: true`
-streams for real (router/_streaming.py). Each request gets the deadline the function would: the
-configured one, within project.yml's `limits.timeout`.
+(`/api/v1/web/<namespace>/chat/ask/...`) and the chat page at `/`, with the same ChatRouter the
+function runs (one loop), awaited on uvicorn's loop. Unlike the function, `stream: true`
+streams for real: its edge says so (`Edge(live_streams=True)`). Each request gets the deadline
+the function would: the configured one, within project.yml's `limits.timeout` (the edge's own
+time limit).
 
 The headers come first: the route, CORS, the credential and the quota are checked
 (`ChatRouter.admit`) before a byte of the body is read, and a refused request is answered and
@@ -18,19 +19,19 @@ import asyncio
 import contextvars
 import logging
 import re
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from router._do_event import WebFunction
-from router._errors import PayloadTooLarge, RouterError
-from router._http_types import HttpRequest, HttpResponse
-from router._status import error_response
-from router._stream_out import STREAMING
+from router import (
+    ChatRouter,
+    Edge,
+    HttpRequest,
+    HttpResponse,
+    PayloadTooLarge,
+    RouterError,
+    error_response,
+)
 from router_service._metrics import CONTENT_TYPE, RouterMetrics
-
-if TYPE_CHECKING:
-    from router._app import ChatRouter
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Prometheus' scrape path, beside the function's prefix (behind the same credential).
@@ -50,15 +51,18 @@ class _Disconnected(Exception):
 
 
 class RouterService:
-    """The ASGI app: the function's routes under its URL prefix, and the chat page."""
+    """The ASGI app: the function's routes under its URL prefix, and the chat page, answered
+    by `router` (built by the caller from the settings, which are checked then)."""
 
-    def __init__(self, function: WebFunction, *, namespace: str = "local",
+    def __init__(self, router: ChatRouter, *, namespace: str = "local",
                  timeout_ms: int = 28_000, metrics: bool = True) -> None:
-        self.function = function
+        self.router = router
+        # What this edge does for every request: it streams as it comes, and gives the whole
+        # answer the function's own time limit (project.yml's `limits.timeout`).
+        self.edge = Edge(time_limit_ms=timeout_ms, live_streams=True)
         self.metrics_on = metrics
         self.metrics: RouterMetrics | None = None  # made at startup, with the router
         self.namespace = namespace
-        self.timeout_ms = timeout_ms
         self.prefix = f"/api/v1/web/{namespace}/chat/ask"
         self._path_re = re.compile(rf"^{re.escape(self.prefix)}(?P<rest>/.*)?$")
 
@@ -72,11 +76,7 @@ class RouterService:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                try:
-                    router = self.function.router()  # settings are checked once, at startup
-                except Exception as exc:  # a bad setting: uvicorn reports it and exits
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
+                router = self.router
                 if await router.quotas.verify() == "misconfigured":
                     # A wrong Redis password would turn every quota off in silence: refuse.
                     await send({"type": "lifespan.startup.failed", "message": (
@@ -88,7 +88,7 @@ class RouterService:
                     router.observe(self.metrics)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.function.router().aclose()
+                await self.router.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -102,7 +102,7 @@ class RouterService:
         if match is None:
             await _send(send, self._static(scope["path"]))
             return
-        router = self.function.router()
+        router = self.router
         limit = router.settings.max_body_bytes
         if headers.get("origin") == f"http://{headers.get('host', '')}":
             # The chat page this service serves calls from its own origin: a same-origin
@@ -114,10 +114,10 @@ class RouterService:
         if declared.isdigit() and int(declared) > limit:
             await _send(send, self._too_large(router, head, limit), close=True)
             return
-        verdict = await router.admit(head)
-        if isinstance(verdict, HttpResponse):
+        admission = await router.admit(head)
+        if isinstance(admission, HttpResponse):
             # Refused on its headers: its body is never read, and the connection closes.
-            await _send(send, verdict, close=True)
+            await _send(send, admission, close=True)
             return
         try:
             body = await _read_body(receive, limit)
@@ -127,11 +127,10 @@ class RouterService:
             await _send(send, self._too_large(router, head, limit), close=True)
             return
         # One context for the answer and its relay: what the router set while answering (the
-        # request's trace, STREAMING) is still there when the stream's last chunk is relayed.
+        # request's trace) is still there when the stream's last chunk is relayed.
         context = contextvars.copy_context()
-        context.run(STREAMING.set, True)
-        answering = asyncio.create_task(
-            router.handle_async(replace(verdict, body=body), self.timeout_ms), context=context)
+        answering = asyncio.create_task(router.answer(admission, body, self.edge),
+                                        context=context)
         # A client that hangs up before the answer starts (a stream waiting for its first
         # token, say) ends the work too: no backend keeps generating, no fallback starts.
         if not await _unless_gone(answering, receive):
@@ -155,7 +154,7 @@ class RouterService:
         if scope["method"] != "GET":
             return _error(405, "method_not_allowed", "GET /metrics only")
         try:
-            self.function.router().access.subject(request)
+            self.router.access.subject(request)
         except RouterError as exc:
             return error_response(exc)
         return HttpResponse(200, metrics.exposition().decode("utf-8"),

@@ -1,4 +1,4 @@
-"""`python -m router_service` (and `python -m router serve`): the service's command line.
+"""`python -m router_service` (and `python -m router_tools serve`): the service's command line.
 
 Settings come from the environment, over a `.env` file's values (the shell wins, as with
 doctl); the deadline from project.yml's `limits.timeout`, as on DigitalOcean.
@@ -57,7 +57,7 @@ def function_limits(project: Path = PROJECT, package: str = "chat", function: st
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The service's flags, shared by `python -m router_service` and `python -m router serve`."""
+    """The service's flags, shared by `python -m router_service` and `router_tools serve`."""
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--namespace", default=os.environ.get("NAMESPACE", "local"))
@@ -69,17 +69,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 2 when it cannot listen, 3 when a setting is bad."""
-    from router._do_event import WebFunction
+    from router import ChatRouter, ConfigError, Settings, configure_logging
     from router_service._limits import ServiceLimits
     from router_service._service import Service
 
-    # The router reads its settings from the environment, as the function does on DigitalOcean.
-    for key, value in load_environment(args.env_file).items():
-        os.environ.setdefault(key, value)
-    limits = ServiceLimits.from_env(os.environ)
+    # The settings come from the environment, as the function's do on DigitalOcean; they are
+    # read once, here, at the edge.
+    env = load_environment(args.env_file)
+    limits = ServiceLimits.from_env(env)
     timeout_ms = args.timeout_ms or function_limits(Path(args.project))["timeout"]
     try:
-        service = Service(WebFunction(), namespace=args.namespace, timeout_ms=timeout_ms,
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        return 3
+    configure_logging(settings)
+    try:
+        service = Service(ChatRouter(settings), namespace=args.namespace, timeout_ms=timeout_ms,
                           host=args.host, port=args.port, limits=limits)
     except OSError as exc:
         sys.stderr.write(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
@@ -91,7 +97,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the flags and serve."""
-    from router._errors import RouterError
+    from router import RouterError
 
     parser = argparse.ArgumentParser(prog="python -m router_service", description=__doc__)
     add_serve_arguments(parser)

@@ -2,7 +2,7 @@
 how many connections. Read once from the environment at start-up, like the router's Settings.
 
 The function never sees these: DigitalOcean's edge holds its door. They matter only where
-`python -m router_service` (or `python -m router serve`) faces clients itself.
+`python -m router_service` (or `python -m router_tools serve`) faces clients itself.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from router._config import is_unset
-from router._errors import ConfigError
+from router import ConfigError, is_unset
 
 
 class ServiceLimits(BaseModel):

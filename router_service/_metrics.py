@@ -15,8 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from router._record import RequestRecord
-from router._telemetry import Observer
+from router import Observer, RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: the first token of a warm backend comes in tens of ms, a woken Space's in tens of s.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router._do_event import WebFunction
+from router import ChatRouter
 from router_service._app import RouterService
 from router_service._door import Door, guarded_protocol
 from router_service._host import UvicornHost
@@ -22,11 +22,11 @@ class Service(UvicornHost):
 
     thread_name = "router-service"
 
-    def __init__(self, function: WebFunction, *, namespace: str = "local",
+    def __init__(self, router: ChatRouter, *, namespace: str = "local",
                  timeout_ms: int = 28_000, host: str = "127.0.0.1", port: int = 8080,
                  limits: ServiceLimits | None = None) -> None:
         self.limits = limits or ServiceLimits()
-        self.app = RouterService(function, namespace=namespace, timeout_ms=timeout_ms,
+        self.app = RouterService(router, namespace=namespace, timeout_ms=timeout_ms,
                                  metrics=self.limits.metrics)
         self.host = host
         self.door = Door(self.limits)

@@ -1,4 +1,5 @@
-"""`python -m router`: serve the gateway, replay prompts, run the local stack and its demo."""
+"""`python -m router_tools`: serve the gateway, replay prompts, run the local stack and its demo,
+operate the Space, mint a client token."""
 
 from __future__ import annotations
 
@@ -11,12 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-from router._config import Settings
-from router._errors import RouterError
-from router._schema import ChatRequest, validate
-from router_service._cli import add_serve_arguments
-from router_service._cli import load_environment as load_environment  # re-exported
-from router_service._cli import read_env_file as read_env_file  # re-exported for the tools
+from router import ChatRequest, Policy, RouterError, Settings
+from router_service import add_serve_arguments, load_environment, serve
 from router_tools.space_ops import add_space_commands
 from router_tools.token_cli import add_token_command
 
@@ -25,8 +22,6 @@ log = logging.getLogger("router.cli")
 
 def replay(lines: TextIO, settings: Settings) -> dict[str, Any]:
     """Route every JSONL prompt through the policy; count targets and reasons."""
-    from router._policy import Policy
-
     policy = Policy(settings)
     targets: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -39,7 +34,7 @@ def replay(lines: TextIO, settings: Settings) -> dict[str, Any]:
             data = json.loads(line)
             if "prompt" in data and "messages" not in data:
                 data = {**data, "messages": [{"role": "user", "content": data["prompt"]}]}
-            chat = validate(ChatRequest, data)
+            chat = ChatRequest.model_validate(data)  # pydantic's error is a ValueError
             started = time.perf_counter()
             decision = policy.decide(chat.model, chat.messages, chat.wanted_tokens())
             elapsed += time.perf_counter() - started
@@ -81,8 +76,6 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from router_service._cli import serve
-
     return serve(args)
 
 
@@ -103,7 +96,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m router", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m router_tools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve chat/ask on DigitalOcean's URL shape "

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from router._errors import ConfigError
-from router._schedule import Schedule
+from router import ConfigError, Schedule
 from router_tools.cron import Cron
 
 # huggingface.co/docs/hub/spaces-gpus, "Hourly Price" (USD).

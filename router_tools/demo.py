@@ -1,4 +1,4 @@
-"""`python -m router demo` (`make demo`): a tour of the local stack, step by step.
+"""`python -m router_tools demo` (`make demo`): a tour of the local stack, step by step.
 
 Small versus llm routing; then the local Space goes to sleep (its edge serves the sleeping
 page), a request falls back to the worker, the router wakes the Space through the Hub API, and
@@ -204,7 +204,7 @@ class OwnStack:
         self.err = err or sys.stderr
         self.quiet = False
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "router", "stack", "--port", "0", "--env-file", env_file,
+            [sys.executable, "-m", "router_tools", "stack", "--port", "0", "--env-file", env_file,
              "--state-file", str(self.state_file)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE)

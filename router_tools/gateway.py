@@ -1,8 +1,7 @@
 """Helpers shared by the local tools: the function entry, project.yml's limits, DO events.
 
-The service itself (`python -m router serve`) is the `router_service` package, on uvicorn; what is
-left here is the entry loader and the `web: raw` event builder (project.yml's limits are read by
-`router_service`, whose reader is re-exported here).
+The service itself (`python -m router_service`) is the `router_service` package, on uvicorn;
+what is left here is the entry loader and the `web: raw` event builder.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router_service._cli import function_limits
+from router_service import function_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "packages" / "chat" / "ask" / "__main__.py"

@@ -1,6 +1,6 @@
 """A local stand-in for Hugging Face's edge and Hub, in front of the local Space's model server.
 
-It behaves, over real HTTP, the way DESIGN §2 records the platform: a RUNNING Space is proxied
+It behaves, over real HTTP, the way Hugging Face's edge does: a RUNNING Space is proxied
 to its app (the `Authorization` header reaches the app, `X-HF-Authorization` is checked and
 stripped), a SLEEPING Space answers HTTP 200 with the sleeping page, a starting one answers 503
 with an HTML page, and the Hub endpoints the router and `huggingface_hub` call (`runtime`,

@@ -13,19 +13,25 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
-from router._backends import backend_configs
-from router._config import Settings
-from router._errors import ConfigError
-from router._hub import HubClient
-from router._wake import READY_STAGES, STARTING_STAGES, HubError, Runtime, stage_of, wake_space
-
-if TYPE_CHECKING:
-    pass
+from router import (
+    READY_STAGES,
+    STARTING_STAGES,
+    ConfigError,
+    HubClient,
+    HubError,
+    Runtime,
+    Settings,
+    backend_configs,
+    stage_of,
+    wake_space,
+)
+from router_service import load_environment
 
 T = TypeVar("T")
 # Stages a wait gives up on: the Space will not come up by waiting.
@@ -124,7 +130,7 @@ def wait_healthy(settings: Settings, *, timeout_s: float, interval_s: float, pro
             sleep(interval_s)
 
 
-# --- `python -m router space ...` --------------------------------------------------------------
+# --- `python -m router_tools space ...` --------------------------------------------------------
 
 def _cli(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
@@ -139,8 +145,6 @@ def _cli(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
-    from router_tools.cli import load_environment
-
     env = load_environment(args.env_file)
     env.setdefault("WORKER_URL", "http://worker.invalid")
     return Settings.from_env(env), env
@@ -162,7 +166,7 @@ def _progress(text: str) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from router._schedule import Schedule, utc_now
+    from router import Schedule
 
     settings, _ = _settings(args)
     hub, repo_id = _hub(settings)
@@ -172,7 +176,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     status = {"space": repo_id, "stage": runtime.stage, "hardware": hardware.get("current"),
               "requested_hardware": hardware.get("requested"),
               "sleep_time_s": runtime.raw.get("gcTimeout"),
-              "schedule": schedule.text or "always", "window_open": schedule.is_open(utc_now()),
+              "schedule": schedule.text or "always",
+              "window_open": schedule.is_open(datetime.now(UTC)),
               "off_hours": settings.off_hours}
     if args.json:
         _out(json.dumps(status, indent=2))
@@ -249,7 +254,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    from router._schedule import Schedule
+    from router import Schedule
     from router_tools.cost import FunctionUse, cron_runs_per_month, estimate, format_report
     from router_tools.gateway import function_limits
 

@@ -1,10 +1,10 @@
-"""`python -m router stack` (`make run`): the whole product on 127.0.0.1, one process per part.
+"""`python -m router_tools stack` (`make run`): the whole product on 127.0.0.1, one process each.
 
 - worker:  `python -m ai_space`, SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from pip packages.
 - space:   `python -m ai_space`, the local Space's model (`STACK_SPACE_MODEL_ID`, by default
   the same packaged SmolLM2; no embeddings), with its own token.
 - edge:    `python -m router_tools.local_edge`, Hugging Face's edge and Hub stand-in in front of it.
-- gateway: `python -m router serve`, the real `ask` function on DigitalOcean's URL shape.
+- gateway: `python -m router_service`, the real `ask` function on DigitalOcean's URL shape.
 
 Tokens are generated at start. Each child runs under `guard` (below), which ends it when this
 launcher is gone, so that no part outlives it even after a `kill -9`. Each part has its own
@@ -332,4 +332,4 @@ def guard(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["guard"]:
         sys.exit(guard(sys.argv[2:]))
-    sys.exit("usage: python -m router stack")
+    sys.exit("usage: python -m router_tools stack")

@@ -164,8 +164,7 @@ def _server_env(base: Mapping[str, str], **values: str) -> dict[str, str]:
 
 def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None) -> Plan:
     """Check everything that can be checked before starting, then wire the four parts."""
-    from router._config import Settings, is_unset
-    from router._errors import ConfigError
+    from router import ConfigError, Settings, is_unset
 
     config = stack_config(env)
     if port is not None:
@@ -216,7 +215,7 @@ def plan_stack(env: Mapping[str, str], *, env_file: str, port: int | None = None
             "EDGE_PORT": str(ports["edge"]), "EDGE_HOST": HOST, "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1"},
             f"{url['edge']}/api/spaces/{SPACE_ID}/runtime", hub_auth),
-        Child("gateway", ["router", "serve", "--host", HOST, "--port", str(ports["gateway"]),
+        Child("gateway", ["router_service", "--host", HOST, "--port", str(ports["gateway"]),
                           "--namespace", config.namespace, "--env-file", env_file],
               router_env, f"{url['gateway']}{function_path}/health"),
     ]

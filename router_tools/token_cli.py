@@ -1,4 +1,4 @@
-"""`python -m router token --sub USER --ttl 600`: mint a client token for testing.
+"""`python -m router_tools token --sub USER --ttl 600`: mint a client token for testing.
 
 In production the platform's own backend mints these for its signed-in users (README,
 Deploying); this command is the same few lines, for curl and for checking a deployment.
@@ -23,8 +23,8 @@ def mint(secret: str, subject: str, ttl_s: int, *, now: float | None = None,
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from router._config import Settings
-    from router_tools.cli import load_environment
+    from router import Settings
+    from router_service import load_environment
 
     env = load_environment(args.env_file)
     env.setdefault("WORKER_URL", "http://worker.invalid")  # not needed to mint

@@ -14,15 +14,17 @@ from router._retry import set_backoff
 from router_tools.gateway import load_entry
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
+from tests.fakes.stream_backend import StreamBackend
+from tests.support.credentials import HF_TOKEN as HF_TOKEN
+from tests.support.credentials import SECRETS as SECRETS
+from tests.support.credentials import SPACE_ID as SPACE_ID
+from tests.support.credentials import SPACE_TOKEN as SPACE_TOKEN
+from tests.support.credentials import WORKER_TOKEN as WORKER_TOKEN
 from tests.support.loopback import LoopbackServer
 from tests.support.redis_server import RedisServer
+from tests.support.streams import stream_backends
 
 EVENTS = Path(__file__).parent / "events"
-WORKER_TOKEN = "wk-secret-4f1c9a2e"
-SPACE_TOKEN = "sp-secret-77ab01cd"
-HF_TOKEN = "hf_fakeSecretToken123456"
-SPACE_ID = "acme/chat-llm"
-SECRETS = (WORKER_TOKEN, SPACE_TOKEN, HF_TOKEN)
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +70,14 @@ def hub() -> Iterator[FakeHub]:
     for app, url in _serve(fake):
         app.url = url
         yield app
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, StreamBackend]]:
+    """A Space and a worker that stream, and break their streams when told to
+    (tests/fakes/stream_backend.py), on loopback."""
+    with stream_backends() as fakes:
+        yield fakes
 
 
 @pytest.fixture

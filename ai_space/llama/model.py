@@ -13,7 +13,7 @@ import jinja2
 import llama_cpp
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ai_space.engine import continues_final, cut_after_final
+from ai_space.prefill import continues_final, cut_after_final
 
 log = logging.getLogger("ai_space")
 

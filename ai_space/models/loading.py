@@ -10,8 +10,8 @@ import torch
 
 from ai_space.cpus import has_avx512_bf16
 from ai_space.embeddings import Embedder, max_seq_length
-from ai_space.engine import continues_final
 from ai_space.models.packaged import Source, resolve
+from ai_space.prefill import continues_final
 
 log = logging.getLogger("ai_space")
 

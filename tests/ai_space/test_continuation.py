@@ -1,12 +1,12 @@
 """A trailing assistant message is continued, not answered anew (issue 18, item 2), and both
 engines render it the same way. The real worker's continuation through the router is in
-tests/router/test_stream_continuation_real.py."""
+tests/service/test_stream_continuation_real.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from ai_space.engine import continues_final, cut_after_final
+from ai_space.prefill import continues_final, cut_after_final
 
 
 def test_only_a_non_empty_trailing_assistant_message_is_continued() -> None:

@@ -8,13 +8,14 @@ own answer can be continued, with the rest of that answer; any other prefill get
 knows no other text), and `refuse_prefill` refuses every prefill, as several hosted models do.
 `reasoning` words go out as `reasoning_content` deltas before the answer, like a thinking model.
 With `tool_call` (a function name) the answer is a call of that function, `text` its arguments,
-sent as tool-call deltas, ending with `finish_reason: tool_calls`.
+sent as tool-call deltas, ending with `finish_reason: tool_calls`. A request with `logprobs: true`
+gets each word's log-probability (`logprob_of`) in OpenAI's shape, streamed or not.
 
 Modes: ok, late_first (the first chunk after `delay_s`), stall (silent after `after` tokens),
 cut (the body ends after `after` tokens), malformed (a broken chunk after `after` tokens),
 no_done (the finish chunk, then the connection stays open, no `[DONE]`), error_event (an
 `{"error": ...}` event after `after` tokens), no_headers (never answers at all), json (ignores
-`stream: true` and answers one JSON completion), status:N.
+`stream: true` and answers one JSON completion), status:N (its error's `code` is `error_code`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class StreamBackend:
     every_s: float = 0.0
     delay_s: float = 0.0
     refuse_prefill: bool = False
+    error_code: str = ""  # the `code` of the error that status:N answers
     force_stream: bool = False  # stream even when asked for `stream: false`
     stamp: bool = False  # put the wall-clock send time in each chunk (`x_sent`), for the bench
     url: str = ""
@@ -86,11 +88,14 @@ class StreamBackend:
         finally:
             watcher.cancel()
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None,
+               logprobs: list[dict[str, Any]] | None = None) -> bytes:
         data: dict[str, Any] = {
             "id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 1,
             "model": self.name, "choices": [{"index": 0, "delta": delta,
                                              "finish_reason": finish}]}
+        if logprobs is not None:
+            data["choices"][0]["logprobs"] = {"content": logprobs, "refusal": None}
         if self.stamp:
             data["x_sent"] = time.time()
         return f"data: {json.dumps(data)}\n\n".encode()
@@ -118,16 +123,22 @@ class StreamBackend:
         finish = "stop" if len(words) - start <= budget else "length"
         words = words[:start + budget]
         if self.mode.startswith("status:"):
-            await self._json(send, int(self.mode.split(":")[1]), {"error": {"message": "x"}})
+            error = {"message": "x", **({"code": self.error_code} if self.error_code else {})}
+            await self._json(send, int(self.mode.split(":")[1]), {"error": error})
             return
         if self.mode == "no_headers":
             await self._hold(60)
             return
+        with_logprobs = bool(body.get("logprobs"))
         if self.mode == "json" or not (body.get("stream") or self.force_stream):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "message": {
+                "role": "assistant", "content": "".join(words[start:])}}
+            if with_logprobs:
+                choice["logprobs"] = {"content": [logprob_of(word) for word in words[start:]],
+                                      "refusal": None}
             await self._json(send, 200, {
                 "id": f"chatcmpl-{self.name}", "object": "chat.completion", "created": 1,
-                "model": self.name, "choices": [{"index": 0, "finish_reason": finish, "message": {
-                    "role": "assistant", "content": "".join(words[start:])}}]})
+                "model": self.name, "choices": [choice]})
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
@@ -163,7 +174,8 @@ class StreamBackend:
                 await out(self._chunk({"tool_calls": [{"index": 0, "function": {
                     "arguments": words[index]}}]}))
             else:
-                await out(self._chunk({"content": words[index]}))
+                await out(self._chunk({"content": words[index]}, None, [
+                    logprob_of(words[index])] if with_logprobs else None))
             if self.every_s:
                 await self._hold(self.every_s)
         await out(self._chunk({}, finish))
@@ -177,3 +189,10 @@ class StreamBackend:
         else:
             await out(b"data: [DONE]\n\n")
         await out(b"", more=False)
+
+
+def logprob_of(word: str) -> dict[str, Any]:
+    """A word's log-probability entry, as OpenAI's `logprobs.content` holds it (a made-up but
+    fixed value per word, so that a test can tell each word's entry)."""
+    return {"token": word, "logprob": -len(word) / 10, "bytes": list(word.encode()),
+            "top_logprobs": []}

@@ -15,30 +15,15 @@ from typing import Any
 import jwt
 import pytest
 
-from router._do_event import FunctionContext
 from router_tools.cli import main as cli_main
 from router_tools.token_cli import mint
-from tests.conftest import Main, load_event
+from tests.conftest import Main
 from tests.fakes.openai_backend import FakeBackend
+from tests.support.access import SECRET, ask, bearer
 
 ORIGIN = "https://app.example.com"
-SECRET = "client-token-secret-0123456789abcdef"
 OTHER_SECRET = "another-secret-that-is-long-enough-42"
 KEY = "key-alpha-123456"
-
-
-def ctx() -> FunctionContext:
-    return FunctionContext.with_timeout(28_000)
-
-
-def ask(main: Main, headers: dict[str, str], name: str = "chat_completions") -> dict[str, Any]:
-    """One chat request through the real handler; the answer with its body decoded."""
-    result = main(load_event(name, headers=headers), ctx())
-    return {**result, "json": json.loads(result["body"]) if result["body"] else None}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 def unsigned(claims: dict[str, Any]) -> str:
@@ -152,7 +137,7 @@ def test_short_secret_is_refused(make_main, env):
 
 def test_token_command_mints_what_the_function_accepts(token_main: Main, monkeypatch,
                                                        capsys: pytest.CaptureFixture[str]):
-    """GIVEN CLIENT_TOKEN_SECRET in the environment WHEN `python -m router token --sub dave
+    """GIVEN CLIENT_TOKEN_SECRET in the environment WHEN `python -m router_tools token --sub dave
     --ttl 600` runs THEN it prints a token the function accepts; a --ttl over
     CLIENT_TOKEN_MAX_TTL_S, or no secret, is refused with exit code 2."""
     monkeypatch.setenv("CLIENT_TOKEN_SECRET", SECRET)

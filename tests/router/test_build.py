@@ -28,7 +28,7 @@ event = {"http": {"method": "POST", "path": "/v1/chat/completions", "isBase64Enc
 result = module.main(event, Ctx())
 import pydantic_core
 heavy = [m for m in ("torch", "transformers", "huggingface_hub", "numpy", "prometheus_client",
-                     "router._tracing", "router._record") if m in sys.modules]
+                     "router._tracing") if m in sys.modules]
 print(json.dumps({"result": result, "pydantic_core": pydantic_core.__file__, "heavy": heavy}))
 """
 

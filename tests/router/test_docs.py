@@ -31,3 +31,23 @@ def test_env_example_defines_every_project_variable():
     defined = set(re.findall(r"^([A-Z_]+)=", example, re.MULTILINE))
     assert wanted - defined == set()
     assert wanted <= {name.upper() for name in Settings.model_fields}
+
+
+def test_the_architecture_follows_one_request_in_under_ten_hops_that_exist():
+    """GIVEN docs/architecture.md WHEN its path of one request is read THEN it has fewer than
+    ten hops, and every file it names exists, with the class and function it names in it (the
+    document is walked against the code, not only read)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## One chat request through the `ask` function", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    hops = re.findall(r"^\d+\. ", section, re.MULTILINE)
+    assert 5 <= len(hops) < 10
+    cited = re.findall(r"\*\*`([\w/.]+\.py)`\*\* `(\w+)(?:\.(\w+))?`", section)
+    assert len(cited) >= 5
+    for path, first, second in cited:
+        source = (ROOT / path).read_text()
+        if second:
+            assert f"class {first}" in source, (path, first)
+            assert f"def {second}(" in source, (path, second)
+        else:
+            assert f"def {first}(" in source or f"class {first}" in source, (path, first)

@@ -224,9 +224,7 @@ class _BrokenTransport(httpx.AsyncBaseTransport):
 def test_an_unexpected_error_still_gets_json(fast_env):
     """GIVEN a failure no layer expects WHEN a request is handled THEN a JSON 500
     `internal_error`, with no detail of the failure in it."""
-    from router._app import ChatRouter
-    from router._config import Settings
-    from router._http_types import HttpRequest
+    from router import ChatRouter, Edge, HttpRequest, Settings
 
     router = ChatRouter(Settings.from_env({**fast_env, "SPACE_URL": ""}),
                         transports={"worker": _BrokenTransport()})
@@ -234,9 +232,72 @@ def test_an_unexpected_error_still_gets_json(fast_env):
         response = router.handle(HttpRequest("POST", "/v1/chat/completions",
                                              {"content-type": "application/json"},
                                              b'{"messages":[{"role":"user","content":"x"}]}'),
-                                 None)
+                                 Edge())
     finally:
         router.close()
     assert response.status == 500
     assert json.loads(response.body)["error"]["code"] == "internal_error"
     assert "secret-backend" not in response.body
+
+
+class _ArmedTransport(httpx.AsyncBaseTransport):
+    """The real HTTP transport, except that, while armed, a request fails the way no httpx
+    error does (a bug below the router, like httpx refusing to encode a body)."""
+
+    def __init__(self) -> None:
+        self.real = httpx.AsyncHTTPTransport(retries=0)
+        self.armed = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.armed:
+            self.armed -= 1
+            raise RuntimeError("a failure that is not the backend's")
+        return await self.real.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["collected", "live stream"])
+def test_an_attempt_that_breaks_unexpectedly_gives_back_the_probe_slot(
+        fast_env, worker: FakeBackend, space: FakeBackend, live: bool):
+    """GIVEN a Space whose circuit is half open (it failed once, BREAKER_FAILURES=1, and its
+    cool-down passed) WHEN the request that takes the probe slot breaks with an error that is no
+    BackendError (500 `internal_error`) THEN the slot goes back with no verdict: the next `llm`
+    request probes the Space and is answered by it, not skipped with `circuit_open` for a whole
+    cool-down. Collected (the function) and streamed live (the service's edge) alike."""
+    from router import ChatRouter, Edge, HttpRequest, Settings
+
+    transport = _ArmedTransport()
+    router = ChatRouter(Settings.from_env({**fast_env, "BREAKER_FAILURES": "1",
+                                           "BREAKER_COOLDOWN_S": "0.2"}),
+                        transports={"space": transport})
+    body = {"model": "llm", "stream": live, "messages": [{"role": "user", "content": "x"}]}
+    request = HttpRequest("POST", "/v1/chat/completions", {"content-type": "application/json"},
+                          json.dumps(body).encode())
+
+    async def ask() -> dict[str, str] | int:
+        response = await router.handle_async(request, Edge(live_streams=live))
+        if response.stream is not None:
+            async for _ in response.stream:
+                pass
+        return response.headers if response.status == 200 else response.status
+
+    try:
+        space.mode = "status:503"
+        opened = router.loop.run(ask())
+        assert isinstance(opened, dict) and opened["x-chat-fallback"] == "space_starting"
+        space.mode = "ok"
+        breaker = router.engine.breakers["space"]
+        end = time.monotonic() + 5  # the breaker's own clock: wait for its cool-down to end
+        while breaker.state == "open" and time.monotonic() < end:
+            space.released.wait(0.01)
+        assert breaker.state == "half_open"
+        transport.armed = 1
+        assert router.loop.run(ask()) == 500
+        probed = router.loop.run(ask())
+        assert isinstance(probed, dict)
+        assert probed["x-chat-backend"] == "space" and "x-chat-fallback" not in probed
+        assert router.engine.breaker_states()["space"] == "closed"
+    finally:
+        router.close()

@@ -15,7 +15,7 @@ import redis
 from router._quota import KEY_PREFIX
 from tests.conftest import Main, with_body
 from tests.fakes.openai_backend import FakeBackend
-from tests.router.test_access import ctx
+from tests.support.access import ctx
 from tests.support.redis_server import RedisServer
 
 TOO_LONG = {"error": {"code": "context_length_exceeded", "type": "invalid_request_error",

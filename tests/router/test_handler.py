@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 from router._do_event import FunctionContext
 from tests.conftest import SPACE_TOKEN, WORKER_TOKEN, load_event, with_body
@@ -82,9 +83,13 @@ def test_embeddings_and_models_and_health(main, worker: FakeBackend, space: Fake
 
 def test_ai_endpoints(main, worker: FakeBackend, space: FakeBackend):
     """GIVEN the platform's own shapes WHEN called THEN they answer in those shapes."""
+    started = time.monotonic()
     chat = json.loads(main(load_event("ai_chat"), ctx())["body"])
+    took_ms = (time.monotonic() - started) * 1000
     assert chat["response"] == "worker: hello" and chat["method"] == "worker"
-    assert chat["latency_ms"] >= 0
+    # The router's own time for the answer, in ms: a backend round trip took some, and it is
+    # within what the call took from here (not seconds, not a stale figure).
+    assert 0 < chat["latency_ms"] <= took_ms
     sent = worker.seen[-1].body
     assert sent is not None
     assert sent["messages"][0] == {"role": "system",
@@ -145,3 +150,24 @@ def test_raw_event_with_binary_body(main):
     event = load_event("chat_completions", body=base64.b64encode(b"\xff\xfe\x00").decode(),
                        isBase64Encoded=True)
     assert main(event, ctx())["statusCode"] == 400
+
+
+def test_the_log_line_and_the_headers_render_one_record(main, space: FakeBackend, caplog):
+    """GIVEN a sleeping Space WHEN an `llm` chat falls back to the worker THEN the request's one
+    log line and its `X-Chat-*` headers tell the same facts, both rendered from the one record:
+    the route, the backend, the fallback, and the attempts (a number in the log line)."""
+    import logging
+
+    space.mode = "sleeping"
+    caplog.set_level(logging.INFO, logger="router.request")
+    result = main(load_event("chat_completions_llm"), ctx())
+    lines = [getattr(r, "fields", {}) for r in caplog.records
+             if r.name == "router.request" and r.getMessage() == "request"]
+    assert len(lines) == 1
+    line, headers = lines[0], result["headers"]
+    assert line["request_id"] == headers["x-request-id"]
+    assert (line["route"], line["route_reason"], line["backend"], line["fallback"]) == (
+        headers["x-chat-route"], headers["x-chat-route-reason"], headers["x-chat-backend"],
+        headers["x-chat-fallback"]) == ("space", "llm", "worker", "space_sleeping")
+    assert line["attempts"] == int(headers["x-chat-attempts"]) == 2
+    assert (line["status"], line["code"]) == (200, None)

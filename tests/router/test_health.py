@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tests.conftest import Main
 from tests.fakes.openai_backend import FakeBackend
-from tests.router.test_access import ask
+from tests.support.access import ask
 from tests.support.redis_server import PASSWORD, RedisServer
 
 KEY = "key-alpha-123456"

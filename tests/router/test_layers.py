@@ -1,4 +1,6 @@
-"""The two layers: `router` (the runtime that ships) and `router_tools` (what builds on it)."""
+"""The layers and their contracts (pyproject.toml, `make lint`): `router` (the runtime that
+ships), `router_service` and `router_tools` above it, the benchmarks on top; public names only
+across packages; no import cycle anywhere, hidden in a function or not."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def _copy_project(dest: Path) -> Path:
-    for package in ("router", "router_service", "router_tools", "ai_space"):
+    for package in ("router", "router_service", "router_tools", "ai_space", "bench"):
         shutil.copytree(ROOT / package, dest / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.md", "Dockerfile*"))
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
@@ -33,6 +35,10 @@ def _lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("module", "line", "broken"), [
     ("router/_policy.py", "from router_tools import cli as _cli", "router_tools"),
     ("router/_schema.py", "import torch as _torch", "torch"),
+    ("router_tools/cost.py", "from router._schedule import Schedule as _Schedule",
+     "router._schedule"),
+    ("bench/decision.py", "from router_service._door import Door as _Door",
+     "router_service._door"),
 ])
 def test_a_reverse_import_breaks_the_contract(tmp_path: Path, module: str, line: str,
                                               broken: str):
@@ -61,16 +67,43 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_runtime_modules_are_private_and_tools_are_apart():
-    """GIVEN the runtime package WHEN its files are listed THEN every module but the package's
-    own entry points is private, and none imports `router_tools` (bar `__main__`)."""
+@pytest.mark.parametrize(("module", "code"), [
+    ("router/_errors.py", "def _late() -> None:\n    from router import _status\n"),
+    ("router/_errors.py", "from typing import TYPE_CHECKING as _TC\nif _TC:\n"
+                          "    from router._status import STATUS as _STATUS\n"),
+    ("router_service/_metrics.py", "def _late() -> None:\n    from router_service import _app\n"),
+    ("bench/common.py", "def _late() -> None:\n    from bench import warm\n"),
+])
+def test_a_new_import_cycle_breaks_the_contract(tmp_path: Path, module: str, code: str):
+    """GIVEN a copy of the project WHEN a module imports, inside a function or only for type
+    checking, a module that imports it THEN `lint-imports` (make lint) fails, naming the
+    package with the cycle: a cycle cannot hide from it."""
+    project = _copy_project(tmp_path)
+    target = project / module
+    target.write_text(target.read_text() + "\n" + code)
+    broken_run = _lint_imports(project)
+    assert broken_run.returncode == 1, broken_run.stdout[-2000:]
+    package = module.split("/")[0]
+    assert f"No cycles are allowed in {package}." in broken_run.stdout
+    assert "BROKEN" in broken_run.stdout
+
+
+def test_runtime_modules_are_private_and_import_no_layer_above():
+    """GIVEN the runtime package WHEN its files are listed THEN every module is private (no
+    `__main__` either: `python -m router_tools` is the CLI), and none imports the service or a
+    tool; the functions' entries use `router`'s public names only."""
     modules = sorted(p.name for p in (ROOT / "router").glob("*.py"))
-    public = [m for m in modules if not m.startswith("_")]
-    assert public == []
+    assert [m for m in modules if not m.startswith("_")] == []
+    assert "__main__.py" not in modules
     for path in (ROOT / "router").glob("*.py"):
-        if path.name == "__main__.py":
-            continue
-        assert not any(n.startswith("router_tools") for n in _imported_modules(path)), path
+        assert not any(n.startswith(("router_tools", "router_service"))
+                       for n in _imported_modules(path)), path
+    entries = sorted((ROOT / "packages").glob("*/*/__main__.py"))
+    assert len(entries) == 2
+    for path in entries:
+        imported = _imported_modules(path)
+        assert "router" in imported
+        assert not any(n.startswith("router.") for n in imported), path
 
 
 def test_public_names_load_lazily():

@@ -6,11 +6,11 @@ import asyncio
 import json
 from typing import Any
 
-from router._quota import MemoryCounter, Window
+from router._counter import MemoryCounter, Window
 from router_tools.token_cli import mint
 from tests.conftest import Main, load_event
 from tests.fakes.openai_backend import FakeBackend
-from tests.router.test_access import SECRET, ask, bearer, ctx
+from tests.support.access import SECRET, ask, bearer, ctx
 
 
 def from_ip(main: Main, forwarded: str, name: str = "chat_completions") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from router._quota import KEY_PREFIX
 from router._quota_redis import RedisCounter
 from router_tools.token_cli import mint
 from tests.conftest import SECRETS
-from tests.router.test_access import SECRET, ask, bearer
+from tests.support.access import SECRET, ask, bearer
 from tests.support.redis_server import PASSWORD, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -48,12 +48,23 @@ def _all_subclasses(klass: type) -> set[type]:
 
 
 def test_public_api_is_pinned():
-    """GIVEN the package WHEN its exports are listed THEN they are exactly these, sorted."""
+    """GIVEN the package WHEN its exports are listed THEN they are exactly these, sorted.
+
+    Issue 24 widened it on purpose: the service, the tools and the benchmarks now use only these
+    names (no `router._*`), so what they need is here: the edge's abilities (`Edge`), the
+    service's admission (`Admission`), the record and observer (metrics), the error renderer,
+    the Space operations' Hub client and stages, the schedule, the chat request, logging's
+    setup. Every name that was here before still is."""
     assert router.__all__ == [
-        "BackendError", "BadRequest", "ChatRouter", "ConfigError", "Deadline", "DeadlineExceeded",
-        "Decision", "FunctionContext", "HttpRequest", "HttpResponse", "NoBackend", "Policy",
-        "RouterError", "Settings", "WarmupFunction", "WebFunction", "read_event",
-        "to_do_response"]
+        "READY_STAGES", "STARTING_STAGES", "Admission", "BackendError", "BadRequest",
+        "ChatRequest", "ChatRouter", "ConfigError", "Deadline", "DeadlineExceeded", "Decision",
+        "Edge", "FunctionContext", "HttpRequest", "HttpResponse", "HubClient", "HubError",
+        "NoBackend", "Observer", "PayloadTooLarge", "Policy", "RequestRecord", "RouterError",
+        "Runtime", "Schedule", "Settings", "WarmupFunction", "WebFunction", "backend_configs",
+        "configure_logging", "error_response", "is_unset", "read_event", "stage_of",
+        "to_do_response", "wake_space"]
+    for name in router.__all__:
+        assert getattr(router, name) is not None, name
 
 
 def test_every_httpx_error_is_translated():
@@ -61,7 +72,10 @@ def test_every_httpx_error_is_translated():
     and the message never carries the URL."""
     request = httpx.Request("POST", "http://secret-host.invalid/v1/chat/completions")
     for klass in _all_subclasses(httpx.HTTPError) | {httpx.HTTPError}:
-        assert any(k in _HTTPX_ERRORS for k in klass.__mro__), klass
+        # Its own row or a parent's, other than the catch-all (which every class would reach):
+        # a class that httpx adds under HTTPError directly must get a row of its own.
+        nearest = next(k for k in klass.__mro__ if k in _HTTPX_ERRORS)
+        assert nearest is not httpx.HTTPError or klass is httpx.HTTPError, klass
         if klass is httpx.HTTPStatusError:
             exc: httpx.HTTPError = klass("boom", request=request,
                                          response=httpx.Response(500, request=request))
@@ -87,9 +101,8 @@ def test_every_httpx_error_is_translated():
 ])
 def test_classify_not_ready_answers(status, ctype, body, backend, expected):
     """GIVEN a backend answer WHEN classified THEN it maps to the documented failure."""
-    response = httpx.Response(status, headers={"content-type": ctype}, content=body)
     with pytest.raises(expected):
-        classify_response(response, backend)
+        classify_response(status, httpx.Headers({"content-type": ctype}), body, backend)
 
 
 def test_policy_rules_and_reasons():

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from router_service import Service
-from tests.conftest import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.fakes.stream_backend import StreamBackend
+from tests.support.credentials import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.support.loopback import LoopbackServer
 from tests.support.service import serve_main
 
@@ -47,7 +47,7 @@ def service_env(worker_url: str, space_url: str, hub_url: str, **settings: str
 @contextmanager
 def running_service(make_main: Callable[[dict[str, str]], Any], env: dict[str, str]
                     ) -> Iterator[Service]:
-    """`python -m router serve`'s service on `env`, on a free loopback port."""
+    """`python -m router_tools serve`'s service on `env`, on a free loopback port."""
     server = serve_main(make_main(env), namespace="stream", port=0)
     try:
         yield server

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router_tools.cli import main, read_env_file
+from router_service import read_env_file
+from router_tools.cli import main
 
 
 def test_policy_replay_reports_shares(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -51,7 +51,7 @@ def wait_for(condition: Any, timeout_s: float) -> bool:
 
 def stack_cli(tmp_path: Path, env_lines: str, capsys: pytest.CaptureFixture[str]
               ) -> tuple[int, str]:
-    """Run `python -m router stack` in this process with a .env; return (code, stderr)."""
+    """Run `python -m router_tools stack` in this process with a .env; return (code, stderr)."""
     env_file = tmp_path / ".env"
     env_file.write_text(env_lines)
     code = main(["stack", "--env-file", str(env_file), "--state-file",
@@ -171,7 +171,7 @@ def light_plan(worker: FakeBackend, space: FakeBackend, *, ready_timeout_s: floa
             **base, "EDGE_UPSTREAM": space.url, "EDGE_SPACE_ID": SPACE_ID,
             "EDGE_HUB_TOKEN": HF_TOKEN, "EDGE_START_S": "0", "EDGE_PORT": str(ports["edge"])},
             f"{edge_url}/api/spaces/{SPACE_ID}/runtime", {"authorization": f"Bearer {HF_TOKEN}"}),
-        Child("gateway", ["router", "serve", "--port", str(ports["gateway"]), "--env-file",
+        Child("gateway", ["router_service", "--port", str(ports["gateway"]), "--env-file",
                           "/nonexistent/.env"], {
             **base, "WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN,
             "SPACE_URL": edge_url, "SPACE_TOKEN": SPACE_TOKEN, "SPACE_ID": SPACE_ID,

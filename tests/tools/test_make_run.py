@@ -88,7 +88,7 @@ def rss_mib(pids: list[int]) -> float:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """`python -m router stack` (the `make run` entry point) on free ports, until ready."""
+    """`python -m router_tools stack` (the `make run` entry point) on free ports, until ready."""
     folder = tmp_path_factory.mktemp("stack")
     state_file = folder / "stack.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACK_")}
@@ -96,7 +96,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     with open(folder / "stdout.txt", "wb") as out, open(folder / "stderr.txt", "wb") as err:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "router", "stack", "--env-file", str(folder / "none.env"),
+            [sys.executable, "-m", "router_tools", "stack", "--env-file", str(folder / "none.env"),
              "--state-file", str(state_file)],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
     try:
@@ -211,7 +211,7 @@ def test_chat_page_in_headless_chromium(stack: RunningStack, tmp_path: Path):
 def test_demo_tours_routing_sleep_fallback_and_wake(stack: RunningStack,
                                                     capsys: pytest.CaptureFixture[str]):
     """GIVEN the running stack (found through its state file)
-    WHEN `python -m router demo` runs THEN a short question goes to the worker, a writing task
+    WHEN `python -m router_tools demo` runs THEN a short question goes to the worker, a writing task
     to the Space; the Space sleeps and its URL serves the sleeping page; the task falls back to
     the worker (space_sleeping); the router wakes the Space through the Hub API; the Space
     answers again. Each step shows its backend, reason and latency."""

@@ -106,15 +106,16 @@ def test_a_slow_redis_holds_only_the_request_that_waits_for_it(
 
 def test_a_refused_redis_login_stops_the_service_from_starting(
         make_main, env: dict[str, str], redis_server: RedisServer, tmp_path: Path):
-    """GIVEN REDIS_URL with a wrong password and a quota set WHEN `python -m router serve`
+    """GIVEN REDIS_URL with a wrong password and a quota set WHEN `python -m router_tools serve`
     starts THEN it refuses to (exit code 3, quotas would be off in silence), says why without
     the password; with Redis merely down, the service starts and serves (fail open)."""
     wrong = redis_server.url.replace(PASSWORD, "not-the-password")
     env_file = tmp_path / "serve.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in {
         **env, "RATE_LIMIT_PER_MINUTE": "5", "REDIS_URL": wrong}.items()))
-    done = subprocess.run([sys.executable, "-m", "router", "serve", "--port", str(free_port()),
-                           "--env-file", str(env_file)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "router_tools", "serve", "--port",
+                           str(free_port()), "--env-file", str(env_file)], cwd=ROOT,
+                          capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 3
     assert "REDIS_URL: the quota store refused the login" in done.stderr

@@ -1,4 +1,4 @@
-"""`python -m router space ...` with huggingface_hub's real client against the fake Hub."""
+"""`python -m router_tools space ...` with huggingface_hub's real client against the fake Hub."""
 
 from __future__ import annotations
 

@@ -77,11 +77,13 @@ def test_space_hours_follow_off_hours_setting():
     or with no schedule, it is."""
     saturday = at("2025-01-11T12:00:00+00:00")
     base = {"WORKER_URL": "http://w", "WARM_SCHEDULE": "Mon-Fri 08:00-20:00 Europe/Berlin"}
-    closed = SpaceHours(Settings.from_env(base), clock=lambda: saturday)
-    assert closed.space_allowed() is False
-    wake = SpaceHours(Settings.from_env({**base, "OFF_HOURS": "wake"}), clock=lambda: saturday)
-    assert wake.space_allowed() is True
-    always = SpaceHours(Settings.from_env({"WORKER_URL": "http://w"}), clock=lambda: saturday)
-    assert always.space_allowed() is True
+
+    def hours(env: dict[str, str]) -> SpaceHours:
+        settings = Settings.from_env(env)
+        return SpaceHours(settings.warm_schedule, settings.off_hours, clock=lambda: saturday)
+
+    assert hours(base).space_allowed() is False
+    assert hours({**base, "OFF_HOURS": "wake"}).space_allowed() is True
+    assert hours({"WORKER_URL": "http://w"}).space_allowed() is True
     with pytest.raises(ConfigError):
         Settings.from_env({**base, "OFF_HOURS": "sometimes"})

@@ -6,14 +6,14 @@ Each client's own view is asserted: the text it read, and the exception where on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import pytest
 
 from tests.fakes.stream_backend import StreamBackend
-from tests.support.streams import MESSAGES, running_service, service_env, stream_backends
+from tests.support.streams import MESSAGES, running_service, service_env
 
 FULL = " ".join(f"t{i}" for i in range(10))
 # Both cut after 3 words: the worker continued the Space's 3 with 3 more before its cut.
@@ -122,12 +122,6 @@ def _litellm_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     # LiteLLM fetches its model price list at import unless told to use its own copy; no
     # network here but loopback.
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, StreamBackend]]:
-    with stream_backends() as fakes:
-        yield fakes
 
 
 @pytest.mark.parametrize("stream", list(STREAMS))

@@ -7,7 +7,7 @@ Real service on uvicorn, real httpx and openai clients, scripted backends on loo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,17 +22,10 @@ from tests.support.streams import (
     read_stream,
     running_service,
     service_env,
-    stream_backends,
 )
 
 FULL = " ".join(f"t{i}" for i in range(10))
 LONG = " ".join(f"w{i}" for i in range(25))
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, StreamBackend]]:
-    with stream_backends() as fakes:
-        yield fakes
 
 
 def _service(make_main: Callable[[dict[str, str]], Any], backends: dict[str, StreamBackend],
@@ -151,24 +144,6 @@ def test_thinking_counts_as_the_first_token(make_main, backends: dict[str, Strea
     assert backends["worker"].bodies == []
 
 
-def test_the_function_keeps_reasoning_in_its_folded_answer(make_main,
-                                                           backends: dict[str, StreamBackend],
-                                                           hub: Any):
-    """GIVEN the function (buffered) and a Space that thinks before answering WHEN asked
-    without streaming THEN the completion's message keeps `reasoning_content`."""
-    from router._do_event import FunctionContext
-    from tests.conftest import with_body
-
-    backends["space"].reasoning = "r0 r1"
-    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url))
-    result = main(with_body("chat_completions_llm", {**ASK, "stream": False}),
-                  FunctionContext.with_timeout(28_000))
-    import json
-
-    message = json.loads(result["body"])["choices"][0]["message"]
-    assert (message["content"], message.get("reasoning_content")) == (FULL, "r0 r1")
-
-
 def test_a_client_that_hangs_up_during_a_stall_ends_the_work_at_once(
         make_main, backends: dict[str, StreamBackend], hub: Any):
     """GIVEN a Space that stalls after 3 words WHEN the client reads them and hangs up THEN
@@ -227,29 +202,6 @@ def test_a_backends_404_reaches_the_caller(make_main, backends: dict[str, Stream
                             json={**ASK, "stream": stream}, timeout=10)
     assert answer.status_code == 400
     assert backends["worker"].bodies == []
-
-
-def test_the_function_never_counts_a_producing_stream_cut_at_its_share(
-        make_main, backends: dict[str, StreamBackend], hub: Any):
-    """GIVEN the function (buffered) with a 2 s deadline and a Space producing 25 words 0.1 s
-    apart, past its 1 s share WHEN asked three times (BREAKER_FAILURES) THEN the worker answers
-    each time within the deadline, and the Space's circuit is still closed: a stream still
-    producing when its time ran out is not a failure of that backend."""
-    import json
-
-    from router._do_event import FunctionContext
-    from tests.conftest import load_event
-
-    backends["space"].text, backends["space"].every_s = LONG, 0.1
-    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url,
-                                 ROUTER_DEADLINE_MS="2000", FALLBACK_RESERVE_MS="1000",
-                                 FIRST_TOKEN_TIMEOUT_MS="600", STREAM_STALL_TIMEOUT_MS="400"))
-    for _ in range(3):
-        result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
-        assert result["headers"]["x-chat-backend"] == "worker"
-        assert json.loads(result["body"])["choices"][0]["message"]["content"] == FULL
-    states = json.loads(main(load_event("health"), FunctionContext.with_timeout(28_000))["body"])
-    assert states["backends"]["space"]["circuit"] == "closed"
 
 
 def test_a_client_that_hangs_up_before_the_first_token_ends_the_work(

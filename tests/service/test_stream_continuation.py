@@ -7,22 +7,14 @@ continuation is in test_stream_continuation_real.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
-from router._streaming import RESTART_MARKER
+from router._continuation import RESTART_MARKER
 from tests.fakes.stream_backend import StreamBackend
-from tests.support.streams import ASK, read_stream, running_service, service_env, stream_backends
+from tests.support.streams import ASK, read_stream, running_service, service_env
 
 SIXTY = " ".join(f"w{i}" for i in range(60))
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, StreamBackend]]:
-    with stream_backends() as fakes:
-        yield fakes
 
 
 def _service(make_main: Callable[[dict[str, str]], Any], backends: dict[str, StreamBackend],
@@ -131,29 +123,3 @@ def test_a_tool_call_already_sent_is_restarted_after_the_marker(
     assert backends["worker"].bodies[-1]["messages"][-1]["role"] == "user"
     assert (seen.text, seen.done) == (RESTART_MARKER + " ".join(f"t{i}" for i in range(10)),
                                       True)
-
-
-def test_the_function_folds_a_streamed_tool_call(make_main,
-                                                 backends: dict[str, StreamBackend], hub: Any):
-    """GIVEN the function (buffered) and a Space that answers with a streamed tool call
-    WHEN asked, streamed and not THEN the completion's message carries the whole call (name,
-    id, all its arguments) and `finish_reason: tool_calls`; nothing of it is dropped."""
-    import json
-
-    from router._do_event import FunctionContext
-    from tests.conftest import with_body
-
-    backends["space"].tool_call, backends["space"].text = "get_weather", '{"city": "Paris"}'
-    main = make_main(service_env(backends["worker"].url, backends["space"].url, hub.url))
-    result = main(with_body("chat_completions_llm", {**ASK, "stream": False}),
-                  FunctionContext.with_timeout(28_000))
-    choice = json.loads(result["body"])["choices"][0]
-    assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"]["tool_calls"] == [{"id": "call_0", "type": "function", "function": {
-        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]
-    streamed = main(with_body("chat_completions_llm", ASK), FunctionContext.with_timeout(28_000))
-    events = [json.loads(line[6:]) for line in streamed["body"].split("\n")
-              if line.startswith("data: {")]
-    calls = [e["choices"][0]["delta"]["tool_calls"] for e in events
-             if e["choices"] and e["choices"][0]["delta"].get("tool_calls")]
-    assert calls == [[{"index": 0, **choice["message"]["tool_calls"][0]}]]

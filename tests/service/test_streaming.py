@@ -13,24 +13,11 @@ import pytest
 from router_service import Service
 from tests.conftest import HF_TOKEN, SPACE_ID, SPACE_TOKEN, WORKER_TOKEN
 from tests.fakes.stream_backend import StreamBackend
-from tests.support.loopback import LoopbackServer
 from tests.support.service import serve_main
 
 FULL = " ".join(f"t{i}" for i in range(10))
 FIRST_TOKEN_MS = 600
 STALL_MS = 400
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, StreamBackend]]:
-    fakes = {"space": StreamBackend("space"), "worker": StreamBackend("worker")}
-    servers = [LoopbackServer(fake).start() for fake in fakes.values()]
-    for fake, server in zip(fakes.values(), servers, strict=True):
-        fake.url = server.url
-    yield fakes
-    for fake, server in zip(fakes.values(), servers, strict=True):
-        fake.release()
-        server.stop()
 
 
 @pytest.fixture
@@ -151,20 +138,48 @@ def test_no_backend_able_to_finish_ends_with_an_error_event(
         _stream(service)
 
 
-def test_the_function_path_buffers_but_checks_the_same(make_main, backends, hub):
-    """GIVEN the function (no service) and a Space that answers a cut SSE stream to a
-    `stream: false` request WHEN asked THEN it is a failure (the worker answers), never a
-    truncated success; a complete SSE answer is accepted whole."""
-    from router._do_event import FunctionContext
-    from tests.conftest import load_event
+def test_a_longer_context_is_tried_on_the_other_backend_in_a_stream_too(
+        service: Service, backends: dict[str, StreamBackend]):
+    """GIVEN a Space that answers 400 `context_length_exceeded` (the worker may have a larger
+    window) WHEN streamed THEN the worker's stream answers, unseen, and `x_chat` says why: the
+    same reroute as a collected answer's (one loop decides both)."""
+    backends["space"].mode, backends["space"].error_code = "status:400", "context_length_exceeded"
+    text, finishes, facts, _ = _stream(service)
+    assert (text, finishes) == (FULL, ["stop"])
+    assert (facts["backend"], facts["fallback"]) == ("worker", "context_length_exceeded")
 
-    env = {"WORKER_URL": backends["worker"].url, "WORKER_TOKEN": WORKER_TOKEN,
-           "SPACE_URL": backends["space"].url, "SPACE_TOKEN": SPACE_TOKEN}
-    main = make_main(env)
-    backends["space"].mode, backends["space"].force_stream = "cut", True
-    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
-    assert result["headers"]["x-chat-backend"] == "worker"
-    backends["space"].mode = "ok"
-    result = main(load_event("chat_completions_llm"), FunctionContext.with_timeout(28_000))
-    assert result["headers"]["x-chat-backend"] == "space"
-    assert FULL in result["body"]
+
+def test_a_streams_log_line_is_written_when_it_ends_with_what_happened(
+        service: Service, backends: dict[str, StreamBackend]):
+    """GIVEN a Space cut after 3 tokens WHEN the stream is read to its end THEN its one log
+    line, written when the stream ended, tells what its last chunk's `x_chat` tells: the worker
+    finished it, after `unavailable`, in 2 attempts; the line's `attempts` is a number."""
+    import logging
+    import threading
+
+    lines: list[dict[str, Any]] = []
+    written = threading.Event()
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "request":
+                lines.append(getattr(record, "fields", {}))
+                written.set()
+
+    logger = logging.getLogger("router.request")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        backends["space"].mode = "cut"
+        _, _, facts, _ = _stream(service)
+        # The client stops at `[DONE]`; the service writes the line once its relay has ended.
+        assert written.wait(5.0)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line["backend"], line["fallback"], line["attempts"], line["route"]) == (
+        facts["backend"], facts["fallback"], facts["attempts"], facts["route"]) == (
+        "worker", "unavailable", 2, "space")
