@@ -27,12 +27,13 @@ TRACE: ContextVar[RequestTrace | None] = ContextVar("router_trace", default=None
 
 def trace_hook(backend: str) -> Callable[[httpx.Request], Awaitable[None]]:
     """An httpx request hook for one backend's client: while a request is traced, each
-    request to the backend is an attempt span, and carries `traceparent` on."""
+    request to the backend is an attempt span, and carries `traceparent` (and the caller's
+    `tracestate`) on."""
 
     async def inject(request: httpx.Request) -> None:
         trace = TRACE.get()
         if trace is not None:
-            request.headers["traceparent"] = trace.outgoing(backend)
+            request.headers.update(trace.outgoing(backend))
 
     return inject
 
