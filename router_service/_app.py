@@ -119,6 +119,13 @@ class RouterService:
             # Refused on its headers: its body is never read, and the connection closes.
             await _send(send, verdict, close=True)
             return
+        if not verdict.subject:
+            # No credential was checked (a preflight, a warm-up ping, /health): answered from
+            # its headers alone, its body never read; one that announced a body is closed.
+            announced = declared not in ("", "0") or "transfer-encoding" in headers
+            await _send(send, await router.handle_async(verdict, self.timeout_ms),
+                        close=announced)
+            return
         try:
             body = await _read_body(receive, limit)
         except _Disconnected:
