@@ -6,7 +6,7 @@ before it reads a body, caps the body and shares the connection cap fairly.
 """
 
 from router_service._app import RouterService
-from router_service._door import Door
+from router_service._fair import Door
 from router_service._host import UvicornHost
 from router_service._limits import ServiceLimits
 from router_service._service import Service

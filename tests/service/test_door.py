@@ -75,12 +75,12 @@ def test_a_dripping_body_is_cut_off_and_never_reaches_a_backend(service: Service
 
 
 def test_one_address_cannot_hold_every_connection(service: Service):
-    """GIVEN a share of 3 connections per address WHEN 127.0.0.2 holds 3 and opens a 4th THEN
-    the 4th gets 503 `too_many_connections` and is closed at once, while a client on
-    127.0.0.1 is still served."""
-    held = [connect(service.port, source="127.0.0.2") for _ in range(3)]
+    """GIVEN a share of 3 connections per address group WHEN 127.1.0.2 holds 3 and opens a 4th
+    THEN the 4th gets 503 `too_many_connections` and is closed at once, while a client on
+    127.0.0.1 (another /24) is still served."""
+    held = [connect(service.port, source="127.1.0.2") for _ in range(3)]
     try:
-        with connect(service.port, source="127.0.0.2") as extra:
+        with connect(service.port, source="127.1.0.2") as extra:
             answer, closed = read_until_closed(extra, within_s=2)
         assert closed and status_of(answer) == 503
         assert b"too_many_connections" in answer
