@@ -27,55 +27,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from router_service._fair import Door, group_of
+from router_service._wire import (
+    BUSY,
+    SLOW,
+    UPGRADE,
+    GatedFlow,
+    TooManyHeaders,
+    content_length,
+    credentials,
+    refusal,
+)
 
 log = logging.getLogger("router.door")
 # Requests parsed and waiting behind the one being answered, at most.
 PIPELINE_DEPTH = 1
 IDLE, HEAD, BODY = "idle", "head", "body"  # where the parser is in the current request
-
-
-def _refusal(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
-    # Written straight to the socket: there is no request (yet) for the app to answer.
-    body = (b'{"error":{"type":"invalid_request_error","code":"' + code.encode()
-            + b'","message":"' + message.encode() + b'"}}')
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n" + extra
-            + b"connection: close\r\ncontent-length: " + str(len(body)).encode()
-            + b"\r\n\r\n" + body)
-
-
-_BUSY = _refusal(b"503 Service Unavailable", "too_many_connections",
-                 "too many connections from this address group, or at the cap; retry later",
-                 b"retry-after: 5\r\n")
-_SLOW = _refusal(b"408 Request Timeout", "request_timeout",
-                 "the request did not arrive in time")
-_UPGRADE = _refusal(b"400 Bad Request", "upgrade_not_supported",
-                    "protocol upgrades (h2c, websocket) are not supported: send the request "
-                    "as plain HTTP/1.1, without Upgrade")
-
-
-class _TooManyHeaders(Exception):
-    """Raised from the parser's header callback: the only way to stop httptools mid-feed."""
-
-
-class _GatedFlow(FlowControl):
-    """uvicorn's flow control, except that reading stays paused while `holding` bytes."""
-
-    def __init__(self, transport: asyncio.Transport, holding: Callable[[], bool]) -> None:
-        super().__init__(transport)
-        self._holding = holding
-
-    def resume_reading(self) -> None:
-        """Resume reading unless bytes read earlier still wait to be parsed."""
-        if not self._holding():
-            super().resume_reading()
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -116,10 +88,10 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Count the connection in its address group, or refuse it; arm the header timer."""
         super().connection_made(transport)
-        self.flow = _GatedFlow(transport, lambda: bool(self._unparsed))
+        self.flow = GatedFlow(transport, lambda: bool(self._unparsed))
         self.group = group_of(self.client[0] if self.client else "")
         if not self.door.enter(self):
-            transport.write(_BUSY)
+            transport.write(BUSY)
             transport.close()
             return
         self._counted = True
@@ -142,7 +114,7 @@ class GuardedHttpTools(HttpToolsProtocol):
                                       and not running.response_complete):
             self._drop()
         elif self._phase != IDLE:
-            self.transport.write(_BUSY)  # a request was arriving: say why it ends
+            self.transport.write(BUSY)  # a request was arriving: say why it ends
             self.transport.close()
         else:
             self.transport.close()  # idle: closing a kept-alive connection is ordinary
@@ -194,7 +166,7 @@ class GuardedHttpTools(HttpToolsProtocol):
                 self._ignored = True  # answered as plain HTTP/1.1, then closed; or refused
                 return
             except httptools.HttpParserError as exc:
-                if isinstance(exc.__context__, _TooManyHeaders):
+                if isinstance(exc.__context__, TooManyHeaders):
                     self._refuse_headers()
                 else:
                     self.logger.warning("Invalid HTTP request received.")
@@ -222,7 +194,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _refuse_headers(self) -> None:
         self.door.headers_too_large += 1
         limits = self.door.limits
-        self.transport.write(_refusal(
+        self.transport.write(refusal(
             b"431 Request Header Fields Too Large", "headers_too_large",
             f"the request line and headers may take {limits.max_header_bytes} bytes and "
             f"{limits.max_header_count} fields"))
@@ -252,7 +224,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         """Count the fields; past the limit, stop the parser."""
         self._head_count += 1
         if self._head_count > self.door.limits.max_header_count:
-            raise _TooManyHeaders
+            raise TooManyHeaders
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -262,12 +234,12 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._waiting_headers = False
         self._phase, self._head_bytes, self._tail = BODY, 0, b""
         headers = dict(self.headers)
-        self._body_left = _content_length(headers)
+        self._body_left = content_length(headers)
         if self.parser.should_upgrade() and self._upgrade_refused():
             return
-        if not self.door.identified(self, _credentials(headers)):
+        if not self.door.identified(self, credentials(headers)):
             self._ignored = self._refused = True
-            self.transport.write(_BUSY)
+            self.transport.write(BUSY)
             self.transport.close()
             return
         super().on_headers_complete()
@@ -312,7 +284,7 @@ class GuardedHttpTools(HttpToolsProtocol):
             "answer": 400 if announced else "plain HTTP/1.1, then closed"}})
         if announced:
             self._refused = True
-            self.transport.write(_UPGRADE)
+            self.transport.write(UPGRADE)
             self.transport.close()
         return announced
 
@@ -387,27 +359,13 @@ class GuardedHttpTools(HttpToolsProtocol):
             return
         self.door.timed_out += 1
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(_SLOW)
+            self.transport.write(SLOW)
         self.transport.close()
 
     def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _content_length(headers: dict[bytes, bytes]) -> int | None:
-    """The body's declared length; None for a chunked body (or one llhttp will refuse)."""
-    if b"transfer-encoding" in headers:
-        return None
-    value = headers.get(b"content-length", b"0")
-    return int(value) if value.isdigit() else None
-
-
-def _credentials(headers: dict[bytes, bytes]) -> dict[str, str]:
-    """The headers a credential travels in, for the door's check."""
-    return {name: headers[name.encode()].decode("latin-1")
-            for name in ("authorization", "x-api-key") if name.encode() in headers}
 
 
 def guarded_protocol(door: Door) -> type[GuardedHttpTools]:
