@@ -157,6 +157,10 @@ class GuardedHttpTools(HttpToolsProtocol):
             if stop == pos:
                 self._refuse_headers()
                 return
+            if self._phase == IDLE and not self._waiting_headers:
+                # Bytes between requests (blank lines, or the next request's start): the
+                # header timer runs from the first, or blank lines would idle for ever.
+                self._wait_for_headers()
             if self._phase != BODY:
                 self._head_bytes += stop - pos
                 self._tail = (self._tail + data[max(pos, stop - 3):stop])[-3:]
