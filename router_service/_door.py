@@ -182,7 +182,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         """Where the next piece fed to the parser ends: at most one request's headers (so a
         pipelined request is parsed one at a time), within the header budget; `pos` when the
         budget is spent with the headers still unfinished."""
-        if self._phase == BODY and self._body_left is not None:
+        if self._phase == BODY and self._body_left:
             return min(len(data), pos + self._body_left)
         if self._phase == BODY:  # chunked: its last chunk ends in a blank line too
             end = data.find(b"\r\n\r\n", pos)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from router_service import Service, ServiceLimits
+from router_service._fair import group_of
 from tests.fakes.stream_backend import StreamBackend
 from tests.support.raw_client import connect, head, read_until_closed, status_of
 from tests.support.service import serve_main
@@ -212,3 +213,36 @@ def test_an_answer_its_reader_never_takes_is_cut_off_with_its_backend_stream(mak
             assert service.door.write_timeouts == 1
         finally:
             service.stop()
+
+
+@pytest.mark.parametrize(("one", "other", "same"), [
+    ("203.0.113.7", "203.0.113.200", True),
+    ("203.0.113.7", "203.0.114.7", False),
+    ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", True),
+    ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+    ("::ffff:203.0.113.7", "203.0.113.9", True),  # a dual-stack socket's view of IPv4
+])
+def test_addresses_count_together_by_24_and_64(one: str, other: str, same: bool):
+    """GIVEN two client addresses WHEN the door groups them THEN IPv4 addresses in one /24,
+    and IPv6 addresses in one /64, share a group; others do not."""
+    assert (group_of(one) == group_of(other)) is same
+
+
+def test_an_ipv6_client_is_served_and_counted_in_its_64(make_main, env):
+    """GIVEN the service listening on ::1 WHEN a keyed client connects over IPv6 THEN it is
+    answered, and while its connection is open the door counts it in ::/64."""
+    if not socket.has_ipv6:
+        pytest.skip("this Python has no IPv6")
+    try:
+        service = serve_main(make_main({**env, "API_KEYS": API_KEY}), namespace="fair",
+                             host="::1", port=0, limits=_limits(10, 2, 8))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc.strerror}")
+    try:
+        with socket.create_connection(("::1", service.port)) as sock:
+            sock.sendall(head("GET", service.app.prefix + "/health", {}))
+            sock.settimeout(10)
+            assert status_of(sock.recv(65_536)) == 200
+            assert set(service.door.members) == {"::/64"}
+    finally:
+        service.stop()
