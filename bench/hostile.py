@@ -1,19 +1,26 @@
-"""The service's door under hostile clients (issue 19), while one honest client keeps asking.
+"""The service's door under hostile clients (issues 19 and 25), while one honest client asks.
 
 Three processes: the bench backend (bench/streaming.py's, JSON after 20 ms), the service in
 front of it (`python -m router_service`, keys required, its default door limits unless the
-environment sets them), and this client. The honest client sends one authenticated chat request
-a second, each on a new connection, from 127.0.0.1: first alone (its quiet p99), then through
-the attacks, which come from other loopback addresses, one after another:
+environment sets them), and this client. The honest client sends one keyed chat request every
+250 ms, each on a new connection, from 127.0.0.1: first alone (its quiet p99), then through
+each attack in turn (bench/attacks.py: each attacker group its own /24 of 127/8):
 
-1. 2,000 connections that send nothing (one address: the issue's attacker);
+1. 2,000 connections that send nothing (one address);
 2. 2,000 that stop halfway through their headers;
-3. 300 authenticated bodies that drip one byte a second;
-4. 600 unauthenticated 200 KB bodies (the credential must be checked before the body).
+3. 300 keyed bodies that drip one byte a second;
+4. 600 unauthenticated 200 KB bodies (the credential must be checked before the body);
+5. a distributed flood: 8 groups keep 4,300 sockets open (idle, half-sent headers, dripping
+   bodies), topping up each one the service closes;
+6. slow readers: 3 groups keep 2,100 complete requests open (`GET /health`, which needs no
+   credential), never read their answers, and top up;
+7. one connection that pipelines 160,000 `GET /health` (8 MB) in one write;
+8. 1,000 unauthenticated warm-up pings, each sending 250 KB of a 256 KB body;
+9. big headers: one of 64 MB, ten of 16 MB, and one request with 100,000 fields.
 
-It prints the honest client's success rate and p99 beside its quiet p99, the service's peak
-RSS (VmHWM), and how long the attackers' sockets stayed open (from connect until the service
-closed them), beside the configured limits.
+For each it prints the honest client's answered share and p99 beside its quiet p99, the
+service's peak RSS during the attack, and what the attackers saw; and the service's peak RSS
+over the whole run (VmHWM).
 
     .venv/bin/python -m bench.hostile [--server door|uvicorn|hypercorn|granian] [--quiet-s 20]
 """
@@ -30,27 +37,30 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench import attacks
 from bench.common import ROOT, free_port, pct
 
 API_KEY = "hostile-bench-key-0123456789"
 IDLE, HALF, SLOW, UNAUTH = 2_000, 2_000, 300, 600
 UNAUTH_BYTES = 200_000
+FLOOD_GROUPS, FLOOD_SOCKETS = 8, 4_300
+READER_GROUPS, READER_SLOTS = 3, 2_100
+PIPELINED = 160_000
+WARMUPS, WARMUP_BYTES = 1_000, 256_000
+# A flood lasts this long; every phase at least PHASE_S, so the honest client asks often.
+ATTACK_S, PHASE_S = 15.0, 8.0
+HONEST_EVERY_S = 0.25
 CHAT = {"model": "small", "stream": False, "max_tokens": 8,
         "messages": [{"role": "user", "content": "hi"}]}
-# The attackers' source addresses (all of 127/8 is loopback on Linux); the honest client
-# uses 127.0.0.1.
-ATTACKER = "127.0.0.2"
 # Granian and Hypercorn, for bench/servers.py: a venv of their own that sees the project's.
 SERVERS_VENV = ROOT / ".venv-servers"
-# How long an attacker holds a socket the server never closes (plain uvicorn's case).
-HOLD_S = 20.0
 
 
 def _raise_fd_limit(wanted: int = 16_384) -> int:
@@ -62,9 +72,9 @@ def _raise_fd_limit(wanted: int = 16_384) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """The peak RSS (VmHWM) of a process plus its children's: Granian serves from a worker
-    process, so the parent's alone would miss the app."""
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's RSS now (VmRSS) or its peak (VmHWM), plus its children's: Granian serves
+    from a worker process, so the parent's alone would miss the app."""
     pids = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
                     and _parent(p) == pid]
     total = 0.0
@@ -73,7 +83,7 @@ def _peak_rss_mib(pid: int) -> float:
             lines = Path(f"/proc/{each}/status").read_text().splitlines()
         except OSError:
             continue
-        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
     return total / 1024
 
 
@@ -82,6 +92,25 @@ def _parent(proc: Path) -> int:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+@contextmanager
+def rss_peak(pid: int) -> Iterator[dict[str, float]]:
+    """The highest RSS sampled (every 100 ms) while the block runs: `peak_mib`."""
+    out = {"peak_mib": _rss_mib(pid)}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            out["peak_mib"] = max(out["peak_mib"], _rss_mib(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join(5)
 
 
 def _command(server: str, port: int) -> list[str]:
@@ -141,7 +170,8 @@ def _wait(url: str) -> None:
 
 
 class Honest:
-    """One authenticated chat request a second, each on a new connection, on its own thread."""
+    """One keyed chat request every HONEST_EVERY_S, each on a new connection, on its own
+    thread."""
 
     def __init__(self, url: str) -> None:
         self.url = url + "/v1/chat/completions"
@@ -162,7 +192,7 @@ class Honest:
                     self.failures.append(str(answer.status_code))
             except httpx.HTTPError as exc:
                 self.failures.append(type(exc).__name__)
-            self._stop.wait(max(0.0, 1.0 - (time.perf_counter() - started)))
+            self._stop.wait(max(0.0, HONEST_EVERY_S - (time.perf_counter() - started)))
 
     def start(self) -> Honest:
         """Start asking."""
@@ -195,121 +225,119 @@ class Honest:
                 "failures": sorted(set(self.failures))}
 
 
-async def _open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-
-
-async def _held(reader: asyncio.StreamReader, opened: float, limit_s: float) -> float:
-    """Seconds from connect until the service closed the connection (or `limit_s`)."""
-    try:
-        async with asyncio.timeout(limit_s):
-            while await reader.read(65_536):
-                pass
-    except (TimeoutError, ConnectionError):
-        pass
-    return time.monotonic() - opened
-
-
-async def _attack(port: int, count: int, payload: bytes, *, drip: bytes = b"",
-                  source: str = ATTACKER, hold_s: float = HOLD_S) -> list[float]:
-    """Open `count` connections, send `payload` on each (then `drip`, a byte a second), and
-    return how long each stayed open (`hold_s` at most: a server that never closes them)."""
-    async def one() -> float:
-        opened = time.monotonic()
-        try:
-            reader, writer = await _open(port, source)
-        except OSError:
-            return 0.0
-        try:
-            if payload:
-                writer.write(payload)
-            dripper = asyncio.create_task(_drip(writer, drip)) if drip else None
-            held = await _held(reader, opened, hold_s)
-            if dripper is not None:
-                dripper.cancel()
-            return held
-        finally:
-            writer.close()
-
-    return list(await asyncio.gather(*(one() for _ in range(count))))
-
-
-async def _drip(writer: asyncio.StreamWriter, body: bytes) -> None:
-    for byte in body:
-        try:
-            writer.write(bytes([byte]))
-            await writer.drain()
-        except ConnectionError:
-            return
-        await asyncio.sleep(1.0)  # the attack's pace, not a synchronisation
-
-
-def _head(path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", *(f"{k}: {v}" for k, v in
-                                                            headers.items())]
+def _head(path: str, headers: dict[str, str], method: str = "POST") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", *(f"{k}: {v}" for k, v in
+                                                                headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def _summary(held: list[float]) -> dict[str, float]:
-    # Under 1 s: refused at once (the address's share), or answered and closed (401, 413).
-    return {"n": len(held), "under_1s": sum(1 for h in held if h < 1), "p50_s": pct(held, 50),
-            "max_s": max(held)}
+    # Under 1 s: refused at once (the group's share), or answered and closed (401, 413).
+    return {"n": len(held), "under_1s": sum(1 for h in held if h < 1),
+            "p50_s": pct(held, 50) if held else 0.0, "max_s": max(held, default=0.0)}
 
 
-def hostile(server: str = "door", quiet_s: float = 20.0) -> dict[str, Any]:
-    """Every figure of the hostile bench."""
-    fds = _raise_fd_limit()
-    with processes(server) as (_, function, service):
-        port = int(function.split(":")[2].split("/")[0])
-        with Honest.elsewhere(function) as quiet_fig:
-            time.sleep(quiet_s)  # the quiet phase's length, not a synchronisation
-        with Honest.elsewhere(function) as under:
-            phases = _phases(port, function)
-        rss = _peak_rss_mib(service.pid)
-    return {"server": server, "fd_limit": fds, "quiet": quiet_fig, "under_attack": under,
-            "peak_rss_mib": rss, "held": {name: _summary(h) for name, h in phases.items()}}
+Attack = Callable[[], Coroutine[Any, Any, Any]]
 
 
-def _phases(port: int, function: str) -> dict[str, list[float]]:
-    path = function.split(str(port), 1)[1] + "/v1/chat/completions"
+def _attacks(port: int, function: str) -> dict[str, Attack]:
+    """Every attack, by name, in the order they run."""
+    prefix = function.split(str(port), 1)[1]
+    path = prefix + "/v1/chat/completions"
     body = json.dumps(CHAT).encode()
-    half = _head(path, {"x-api-key": API_KEY, "content-type": "application/json"})
-    slow = _head(path, {"x-api-key": API_KEY, "content-type": "application/json",
-                        "content-length": str(len(body))})
+    keyed = {"x-api-key": API_KEY, "content-type": "application/json"}
+    half = _head(path, keyed)
+    slow = _head(path, {**keyed, "content-length": str(len(body))})
     unauth = _head(path, {"content-type": "application/json",
                           "content-length": str(UNAUTH_BYTES)}) + b"x" * UNAUTH_BYTES
+    warmup = _head(path, {"x-chat-warmup": "1", "content-type": "application/json",
+                          "content-length": str(WARMUP_BYTES)})
+    kinds = [(b"", b""), (half[:len(half) // 2], b""), (slow, body)]  # idle, half, dripping
+    flood = [(attacks.group_address(1 + i % FLOOD_GROUPS, 1 + (i // FLOOD_GROUPS) % 250),
+              *kinds[i % 3]) for i in range(FLOOD_SOCKETS)]
+    health = _head(prefix + "/health", {}, "GET")
+    readers = [(attacks.group_address(20 + i % READER_GROUPS, 1 + (i // READER_GROUPS) % 250),
+                health) for i in range(READER_SLOTS)]
+    a = attacks
     return {
-        f"{IDLE} idle connections": asyncio.run(_attack(port, IDLE, b"")),
-        f"{HALF} half-sent headers": asyncio.run(_attack(port, HALF, half[:len(half) // 2])),
-        f"{SLOW} bodies dripping a byte a second": asyncio.run(
-            _attack(port, SLOW, slow, drip=body, source="127.0.0.3")),
-        f"{UNAUTH} unauthenticated {UNAUTH_BYTES // 1000} KB bodies": asyncio.run(
-            _attack(port, UNAUTH, unauth, source="127.0.0.4")),
+        f"{IDLE} idle connections": lambda: a.wave(port, IDLE, b"", source=a.group_address(1)),
+        f"{HALF} half-sent headers": lambda: a.wave(port, HALF, half[:len(half) // 2],
+                                                    source=a.group_address(1)),
+        f"{SLOW} keyed bodies dripping a byte a second": lambda: a.wave(
+            port, SLOW, slow, drip=body, source=a.group_address(2)),
+        f"{UNAUTH} unauthenticated {UNAUTH_BYTES // 1000} KB bodies": lambda: a.wave(
+            port, UNAUTH, unauth, source=a.group_address(3)),
+        f"distributed flood: {FLOOD_GROUPS} groups keep {FLOOD_SOCKETS:,} sockets "
+        f"(idle, half headers, dripping)": lambda: a.flood(port, flood, ATTACK_S),
+        f"slow readers: {READER_GROUPS} groups keep {READER_SLOTS:,} requests unread":
+            lambda: a.slow_readers(port, readers, ATTACK_S),
+        f"one connection pipelines {PIPELINED:,} GET /health":
+            lambda: a.pipelined(port, health, PIPELINED, ATTACK_S),
+        f"{WARMUPS:,} unauthenticated warm-up pings with {WARMUP_BYTES // 1000} KB bodies":
+            lambda: a.wave(port, WARMUPS, warmup + b"x" * (WARMUP_BYTES - 6_000),
+                           source=a.group_address(13)),
+        "big headers: one 64 MB, ten 16 MB, one of 100,000 fields":
+            lambda: a.big_headers(port, prefix + "/health"),
     }
 
 
+def hostile(server: str = "door", quiet_s: float = 20.0) -> dict[str, Any]:
+    """Every figure of the hostile bench: the quiet honest client, then each attack with the
+    honest client's figures and the service's peak RSS beside what the attackers saw."""
+    fds = _raise_fd_limit()
+    phases: dict[str, Any] = {}
+    with processes(server) as (_, function, service):
+        port = int(function.split(":")[2].split("/")[0])
+        with rss_peak(service.pid) as quiet_rss, Honest.elsewhere(function) as quiet:
+            time.sleep(quiet_s)  # the quiet phase's length, not a synchronisation
+        for name, attack in _attacks(port, function).items():
+            started = time.monotonic()
+            with rss_peak(service.pid) as rss, Honest.elsewhere(function) as honest:
+                seen = asyncio.run(attack())
+                time.sleep(max(0.0, PHASE_S - (time.monotonic() - started)))  # the phase's
+            if isinstance(seen, list):  # a wave: how long its sockets stayed open
+                seen = _summary(seen)
+            elif "held" in seen:
+                seen = {**seen, "held": _summary(seen["held"])}
+            phases[name] = {"honest": honest, "peak_rss_mib": rss["peak_mib"], "seen": seen}
+        hwm = _rss_mib(service.pid, "VmHWM")
+    return {"server": server, "fd_limit": fds, "quiet": quiet,
+            "quiet_rss_mib": quiet_rss["peak_mib"], "phases": phases, "peak_rss_mib": hwm}
+
+
+def _seen(seen: dict[str, Any]) -> str:
+    if "under_1s" in seen:
+        still = " (still open when the bench let go)" if seen["max_s"] >= attacks.HOLD_S else ""
+        return (f"sockets open p50 / max {seen['p50_s']:.2f} / {seen['max_s']:.2f} s{still}; "
+                f"{seen['under_1s']} closed within 1 s")
+    if "answered" in seen:
+        return f"{seen['answered']:,} of {seen['sent']:,} answered in {ATTACK_S:.0f} s"
+    if "sent_mb" in seen:
+        return (f"cut off after {seen['sent_mb']} MB of {seen['meant_mb']} MB; answers "
+                f"{seen['answers']} ('none': reset before the 431 was read)")
+    answers = f"; answers {seen['answers']}" if seen.get("answers") else ""
+    return (f"{seen['connections']:,} connections in {ATTACK_S:.0f} s, open p50 / max "
+            f"{seen['held']['p50_s']:.2f} / {seen['held']['max_s']:.2f} s{answers}")
+
+
 def rows(fig: dict[str, Any], limits: dict[str, float]) -> list[str]:
-    """The bench table's rows."""
-    quiet, under = fig["quiet"], fig["under_attack"]
-    header_s, keep_s = limits["header_s"], limits["keep_alive_s"]
-    ratio = under["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] > 0 else float("inf")
-    out = [
-        f"| hostile clients ({fig['server']}), one honest request a second | success rate | "
-        f"{under['ok']}/{under['requests']} ({under['success']:.0%}) | failures: "
-        f"{', '.join(under['failures']) or 'none'} | 100 %: {_ok(under['success'] == 1)} |",
-        f"| | honest p50 / p99 under attack | {under['p50_ms']:.1f} / {under['p99_ms']:.1f} ms "
-        f"| quiet {quiet['p50_ms']:.1f} / {quiet['p99_ms']:.1f} ms ({quiet['requests']} "
-        f"requests); p99 {ratio:.2f}x quiet | < 2x: {_ok(ratio < 2)} |",
-        f"| | the service's peak RSS | {fig['peak_rss_mib']:.0f} MiB | VmHWM over the whole "
-        f"run | < 300 MiB: {_ok(fig['peak_rss_mib'] < 300)} |",
-    ]
-    for name, held in fig["held"].items():
-        bound = header_s + 1  # a dripped body's grace is the header limit, plus its bytes' time
-        still = " (still open when the bench let go)" if held["max_s"] >= HOLD_S else ""
-        out.append(f"| | {name}: socket open, p50 / max | {held['p50_s']:.2f} / "
-                   f"{held['max_s']:.2f} s{still} | {held['under_1s']} closed within 1 s; header "
-                   f"limit {header_s:.0f} s, keep-alive {keep_s:.0f} s | ≤ limit + 1 s: "
-                   f"{_ok(held['max_s'] <= bound)} |")
+    """The bench table's rows: the quiet honest client, then one row per attack."""
+    quiet = fig["quiet"]
+    out = [f"| hostile clients ({fig['server']}), a keyed request every "
+           f"{HONEST_EVERY_S * 1000:.0f} ms from 127.0.0.1 | quiet | {quiet['ok']}/"
+           f"{quiet['requests']} answered; p50 / p99 {quiet['p50_ms']:.1f} / "
+           f"{quiet['p99_ms']:.1f} ms; RSS {fig['quiet_rss_mib']:.0f} MiB | header limit "
+           f"{limits['header_s']:.0f} s, keep-alive {limits['keep_alive_s']:.0f} s; peak RSS "
+           f"over the run {fig['peak_rss_mib']:.0f} MiB | |"]
+    for name, phase in fig["phases"].items():
+        honest = phase["honest"]
+        ratio = honest["p99_ms"] / quiet["p99_ms"] if quiet["p99_ms"] > 0 else float("inf")
+        failures = f" (failures: {', '.join(honest['failures'])})" if honest["failures"] else ""
+        met = honest["success"] == 1 and phase["peak_rss_mib"] < 300
+        out.append(f"| | {name} | {honest['ok']}/{honest['requests']} answered{failures}; "
+                   f"p99 {honest['p99_ms']:.0f} ms ({ratio:.1f}x quiet); peak RSS "
+                   f"{phase['peak_rss_mib']:.0f} MiB | {_seen(phase['seen'])} | 100 % and "
+                   f"< 300 MiB: {_ok(met)} |")
     return out
 
 

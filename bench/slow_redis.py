@@ -34,7 +34,8 @@ import httpx
 import redis
 
 from bench.common import ROOT, free_port, load, machine, pct
-from bench.streaming import _body, _rate, _wait
+from bench.crowd import stream_body, wait_ready
+from bench.streaming import _rate
 from tests.support.redis_server import PASSWORD, RedisServer
 
 # Every subject's request counter (the service is open: one per client address).
@@ -103,8 +104,8 @@ def _service(root: Path, redis_url: str, timeout_ms: int) -> Iterator[str]:
                                   stderr=subprocess.DEVNULL)]
         function = f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask"
         try:
-            _wait(function + "/health")
-            _wait(f"http://127.0.0.1:{bport}/", status=None)
+            wait_ready(function + "/health")
+            wait_ready(f"http://127.0.0.1:{bport}/", status=None)
             yield function
         finally:
             for proc in procs:
@@ -116,7 +117,7 @@ def _stream_gap(url: str, result: dict[str, float]) -> None:
     """One 60-chunk stream (20 ms apart at the backend): its largest gap between chunks."""
     arrivals: list[float] = []
     with httpx.Client(timeout=60) as client, client.stream(
-            "POST", url, json=_body(60, 2.0)) as response:
+            "POST", url, json=stream_body(60, 2.0)) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and '"choices":[{' in line.replace(" ", ""):
                 arrivals.append(time.perf_counter())
@@ -143,7 +144,7 @@ def measure(root: Path, delay_ms: float, seconds: float, clients: int, timeout_m
                     gap: dict[str, float] = {}
                     streamer = threading.Thread(target=_stream_gap, args=(chat, gap))
                     streamer.start()
-                    rate = _rate(chat, _body(8, 0, stream=False), seconds, clients)
+                    rate = _rate(chat, stream_body(8, 0, stream=False), seconds, clients)
                     streamer.join(60)
                     # Requests the quota really counted (the rest failed open): a quota that
                     # gave up on Redis would make the figures look better than they are.

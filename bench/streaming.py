@@ -8,7 +8,10 @@ answered after 20 ms. The backend keeps idle connections 75 s, as production pro
 (uvicorn's default 5 s makes it close the router's pooled connections between phases, and new
 connections then meet the backend's TIME_WAIT sockets: a 1 s SYN retry on some streams).
 
-    .venv/bin/python -m bench.streaming [--streams 200]
+The 200 concurrent streams (with 300 idle connections open) meet the service with the door,
+metrics and tracing each on and off, and the backend itself, round after round (bench/crowd.py).
+
+    .venv/bin/python -m bench.streaming [--streams 200] [--rounds 3]
     .venv/bin/python -m bench.streaming --metrics [--streams 400]   # METRICS on vs off
 """
 
@@ -30,12 +33,11 @@ from typing import Any
 
 import httpx
 
+from bench import crowd
 from bench.common import ROOT, free_port, pct
+from bench.crowd import STREAM_TOKENS, stream_body, wait_ready
 
 JSON_DELAY_S = 0.02
-IDLE_CONNECTIONS = 300
-CONCURRENT_STREAMS = 200
-STREAM_TOKENS = 60
 
 
 async def backend_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -103,32 +105,13 @@ def _processes(metrics: tuple[str, ...] = ("true",)) -> Iterator[tuple[str, ...]
         functions = [f"http://127.0.0.1:{sport}/api/v1/web/bench/chat/ask" for sport in sports]
         try:
             for function in functions:
-                _wait(function + "/health")
-            _wait(backend + "/", status=None)
+                wait_ready(function + "/health")
+            wait_ready(backend + "/", status=None)
             yield backend, *functions
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)
-
-
-def _wait(url: str, status: int | None = 200) -> None:
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        try:
-            answer = httpx.post(url, json={}, timeout=2) if status is None else \
-                httpx.get(url, timeout=2)
-            if status is None or answer.status_code == status:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def _body(tokens: int, pace_10ms: float, stream: bool = True) -> dict[str, Any]:
-    return {"model": "small", "stream": stream, "max_tokens": tokens, "temperature": pace_10ms,
-            "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _one_stream(client: httpx.Client, url: str, body: dict[str, Any]
@@ -152,7 +135,7 @@ def _one_stream(client: httpx.Client, url: str, body: dict[str, Any]
 
 def latency(backend: str, function: str, streams: int) -> dict[str, dict[str, float]]:
     """TTFT and per-chunk lag at concurrency 1, direct and through the service, alternating."""
-    body = _body(STREAM_TOKENS, 0.2)  # a chunk every 2 ms
+    body = stream_body(STREAM_TOKENS, 0.2)  # a chunk every 2 ms
     paths = {"direct": backend + "/v1/chat/completions",
              "service": function + "/v1/chat/completions"}
     ttft: dict[str, list[float]] = {name: [] for name in paths}
@@ -167,55 +150,6 @@ def latency(backend: str, function: str, streams: int) -> dict[str, dict[str, fl
     return {name: {"ttft_p50": pct(ttft[name], 50), "ttft_p99": pct(ttft[name], 99),
                    "chunk_p50": pct(lags[name], 50), "chunk_p99": pct(lags[name], 99)}
             for name in paths}
-
-
-async def _crowd(function: str) -> dict[str, float]:
-    idle = []
-    host, port = function.split("//")[1].split("/")[0].split(":")
-    for _ in range(IDLE_CONNECTIONS):
-        idle.append(await asyncio.open_connection(host, int(port)))
-    url = function + "/v1/chat/completions"
-    body = _body(STREAM_TOKENS, 2.0)  # a chunk every 20 ms, like a 50 token/s model
-    limits = httpx.Limits(max_connections=CONCURRENT_STREAMS)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        async def one() -> tuple[float, int]:
-            started = time.perf_counter()
-            first, count = -1.0, 0
-            async with client.stream("POST", url, json=body) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data: {") and '"x_sent"' in line:
-                        count += 1
-                        if first < 0:
-                            first = (time.perf_counter() - started) * 1000
-            return first, count
-
-        started = time.perf_counter()
-        results = await asyncio.gather(*(one() for _ in range(CONCURRENT_STREAMS)),
-                                       return_exceptions=True)
-        wall = time.perf_counter() - started
-    # A connection the service closed reads to EOF on our side (the writer stays half-open):
-    # the service's door closes one that sent no request within HEADER_TIMEOUT_MS.
-    closed = await asyncio.gather(*(_closed(reader) for reader, _ in idle))
-    alive = closed.count(False)
-    for _, writer in idle:
-        writer.close()
-    done = [r for r in results if isinstance(r, tuple) and r[1] == STREAM_TOKENS + 1]
-    firsts = [r[0] for r in done]
-    return {"complete": len(done), "ttft_p50": pct(firsts, 50) if firsts else -1,
-            "ttft_p99": pct(firsts, 99) if firsts else -1, "wall_s": wall,
-            "idle_open": alive}
-
-
-async def _closed(reader: asyncio.StreamReader) -> bool:
-    try:
-        async with asyncio.timeout(0.05):
-            while await reader.read(65_536):
-                pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
 
 
 def _rate(url: str, body: dict[str, Any], seconds: float, concurrency: int) -> dict[str, float]:
@@ -246,19 +180,19 @@ def _rate(url: str, body: dict[str, Any], seconds: float, concurrency: int) -> d
     return asyncio.run(run())
 
 
-def streaming(streams: int = 200, rate_s: float = 10.0, concurrency: int = 32
-              ) -> dict[str, Any]:
+def streaming(streams: int = 200, rate_s: float = 10.0, concurrency: int = 32,
+              rounds: int = 3) -> dict[str, Any]:
     """Every figure of the service's streaming bench."""
     with _processes() as (backend, function):
         out: dict[str, Any] = {"latency": latency(backend, function, streams)}
-        out["crowd"] = asyncio.run(_crowd(function))
-        out["crowd_direct"] = asyncio.run(_crowd(backend))
-        body = _body(8, 0, stream=False)
+        body = stream_body(8, 0, stream=False)
         out["rate"] = {
             "direct": _rate(backend + "/v1/chat/completions", body, rate_s, concurrency),
             "service": _rate(function + "/v1/chat/completions", body, rate_s, concurrency)}
         out["concurrency"] = concurrency
         out["streams"] = streams
+    # Its own processes, one service per configuration (the first set is stopped by now).
+    out["crowd"] = crowd.matrix(rounds)
     return out
 
 
@@ -266,7 +200,7 @@ def metrics_cost(streams: int = 400) -> dict[str, Any]:
     """Time to first token through two services, METRICS on and off, taking turns; and the
     observer's own work on that path (record + stream wrapper), timed in-process."""
     with _processes(("true", "false")) as (_, on, off):
-        body = _body(4, 0)
+        body = stream_body(4, 0)
         firsts: dict[str, list[float]] = {"on": [], "off": []}
         with httpx.Client(timeout=30) as client:
             for index in range(streams + 20):
@@ -302,11 +236,10 @@ def _observer_us(rounds: int = 20_000) -> float:
 
 def rows(fig: dict[str, Any]) -> list[str]:
     """The bench table's rows for the service."""
-    lat, crowd, rate, bare = fig["latency"], fig["crowd"], fig["rate"], fig["crowd_direct"]
+    lat, rate = fig["latency"], fig["rate"]
     d, s = lat["direct"], lat["service"]
     add = {k: s[k] - d[k] for k in d}
     ok = add["ttft_p99"] <= 1 and add["chunk_p99"] <= 1
-    crowd_ok = crowd["complete"] == CONCURRENT_STREAMS and crowd["ttft_p99"] < 1000
     return [
         f"| service stream, concurrency 1, {fig['streams']} streams of {STREAM_TOKENS} chunks "
         f"| added time to first token, p50 / p99 | {add['ttft_p50']:.3f} / "
@@ -316,19 +249,12 @@ def rows(fig: dict[str, Any]) -> list[str]:
         f"| | added per-chunk latency, p50 / p99 | {add['chunk_p50']:.3f} / "
         f"{add['chunk_p99']:.3f} ms | direct {d['chunk_p50']:.3f} / {d['chunk_p99']:.3f} ms "
         f"(backend send to client receive) | Go gateway 0.94 ms, Portkey 3.3 ms (published) |",
-        f"| {CONCURRENT_STREAMS} concurrent {STREAM_TOKENS}-token streams (a chunk each 20 ms) "
-        f"with {IDLE_CONNECTIONS} idle connections open | complete; first token p50 / p99 | "
-        f"{crowd['complete']}/{CONCURRENT_STREAMS}; {crowd['ttft_p50']:.1f} / "
-        f"{crowd['ttft_p99']:.1f} ms | {crowd['wall_s']:.2f} s in all; idle connections still "
-        f"open: {crowd['idle_open']}; the same straight to the backend: {bare['complete']} "
-        f"complete, first token {bare['ttft_p50']:.1f} / {bare['ttft_p99']:.1f} ms, "
-        f"{bare['wall_s']:.2f} s | all complete, p99 < 1 s: "
-        f"{'**met**' if crowd_ok else '**missed**'} |",
         f"| sustained requests, backend answers in 20 ms, {fig['concurrency']} clients | "
         f"req/s; p50 / p99 | {rate['service']['req_s']:.0f} req/s; "
         f"{rate['service']['p50']:.1f} / {rate['service']['p99']:.1f} ms | direct "
         f"{rate['direct']['req_s']:.0f} req/s; {rate['direct']['p50']:.1f} / "
         f"{rate['direct']['p99']:.1f} ms; errors {rate['service']['errors']} | |",
+        *crowd.rows(fig["crowd"]),
     ]
 
 
@@ -337,6 +263,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", type=int)
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the 200-stream crowd per configuration")
     parser.add_argument("--metrics", action="store_true",
                         help="only the time to first token with METRICS on vs off")
     args = parser.parse_args()
@@ -346,7 +274,7 @@ def main() -> None:
     if args.metrics:
         sys.stdout.write(json.dumps(metrics_cost(args.streams), indent=1) + "\n")
         return
-    fig = streaming(args.streams)
+    fig = streaming(args.streams, rounds=args.rounds)
     sys.stdout.write(json.dumps(fig, indent=1) + "\n" + "\n".join(rows(fig)) + "\n")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router._bounds import check_body, check_chat_fields
 from router._config import Settings
 from router._errors import BadRequest
 
@@ -72,6 +73,14 @@ class ChatRequest(BaseModel):
     n: Literal[1] = 1
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        # Raises BadRequest itself (pydantic lets it through): one 400 naming the field.
+        if isinstance(data, dict):
+            check_chat_fields(data)
+        return data
 
     def wanted_tokens(self) -> int | None:
         """The caller's token cap, whichever field it used."""
@@ -168,6 +177,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     except UnicodeEncodeError:
         raise BadRequest("the request body holds an unpaired surrogate (not valid Unicode)",
                          code="invalid_json") from None
+    check_body(data)
     return data
 
 

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 class Traced(Protocol):
     """A request's trace, as the backends' clients see it (router/_tracing.py's RequestTrace)."""
 
-    def outgoing(self, backend: str) -> str:
-        """Start an attempt span; the `traceparent` that passes it on to the backend."""
+    def outgoing(self, backend: str) -> dict[str, str]:
+        """Start an attempt span; the trace context headers (`traceparent`, and `tracestate`
+        when the caller sent one) that pass it on to the backend."""
 
     def end_attempt(self, error: str | None) -> None:
         """End the attempt in flight, with its failure reason (None: no failure)."""
@@ -36,12 +37,13 @@ TRACE: ContextVar[Traced | None] = ContextVar("router_trace", default=None)
 
 def trace_hook(backend: str) -> Callable[[httpx.Request], Awaitable[None]]:
     """An httpx request hook for one backend's client: while a request is traced, each
-    request to the backend is an attempt span, and carries `traceparent` on."""
+    request to the backend is an attempt span, and carries `traceparent` (and the caller's
+    `tracestate`) on."""
 
     async def inject(request: httpx.Request) -> None:
         trace = TRACE.get()
         if trace is not None:
-            request.headers["traceparent"] = trace.outgoing(backend)
+            request.headers.update(trace.outgoing(backend))
 
     return inject
 

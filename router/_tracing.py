@@ -7,16 +7,16 @@ keeps the function's artifact as it is (the SDK and its protobuf runtime would a
 and tens of milliseconds of imports to a cold start with tracing on).
 
 One span per request (SERVER) and one per request sent to a backend (CLIENT, its child), whose
-id goes on to the backend in `traceparent`. Attributes name routes, backends, models, reasons,
-counts and statuses: never a prompt, a token, a key or a URL.
+id goes on to the backend in `traceparent`, with the caller's `tracestate`; a caller that marks
+its trace not sampled is honoured (nothing exported, the flag passed on). The exporter
+(router/_otlp.py) never lets a collector that hangs slow the answers down. Attributes name
+routes, backends, models, reasons, counts and statuses: never a prompt, a token, a key or a URL.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,18 +24,13 @@ from typing import Any
 
 import httpx
 
-from router._backends import shared_tls
 from router._config import Settings
+from router._otlp import OtlpExporter
 from router._record import RequestRecord
 from router._telemetry import TRACE, Observer
 
-log = logging.getLogger("router.trace")
-
 SERVER, CLIENT = 2, 3  # OTLP's SpanKind
 STATUS_ERROR = 2
-# Spans wait in memory for the exporter thread; past this many requests, new ones are dropped.
-MAX_QUEUED = 512
-EXPORT_TIMEOUT_S = 5.0
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/ai/chat", "/ai/generate"})
 EMBEDDING_PATHS = frozenset({"/v1/embeddings", "/ai/embeddings"})
 
@@ -54,22 +49,29 @@ class SpanTimes:
 
 @dataclass(slots=True)
 class RequestTrace:
-    """One request's trace: the caller's context (W3C `traceparent`), and its attempts."""
+    """One request's trace: the caller's context (W3C `traceparent`, `tracestate`), whether
+    it is sampled (exported), and its attempts."""
 
     trace_id: str
     parent_span_id: str | None
+    sampled: bool = True
+    state: str = ""  # the caller's `tracestate`, passed on unchanged
     span_id: str = field(default_factory=lambda: os.urandom(8).hex())
     start_ns: int = field(default_factory=time.time_ns)
     attempts: list[SpanTimes] = field(default_factory=list)
 
-    def outgoing(self, backend: str) -> str:
-        """Start an attempt span (ending the one before) and give the `traceparent` that
-        passes it on to the backend."""
+    def outgoing(self, backend: str) -> dict[str, str]:
+        """Start an attempt span (ending the one before) and give the headers that pass it on
+        to the backend: `traceparent` (the caller's sampling decision kept) and `tracestate`."""
         self.end_attempt(None)
         attempt = SpanTimes(os.urandom(8).hex(), backend, len(self.attempts) + 1,
                             time.time_ns())
         self.attempts.append(attempt)
-        return f"00-{self.trace_id}-{attempt.span_id}-01"
+        headers = {"traceparent": f"00-{self.trace_id}-{attempt.span_id}-"
+                                  f"{'01' if self.sampled else '00'}"}
+        if self.state:
+            headers["tracestate"] = self.state
+        return headers
 
     def end_attempt(self, error: str | None) -> None:
         """End the attempt in flight, if any, with its failure reason (None: no failure)."""
@@ -78,15 +80,40 @@ class RequestTrace:
             self.attempts[-1].error = error
 
 
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex. Version ff is invalid; a
+# later version may append fields after a dash, and is read by its first four.
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?")
+# tracestate: list members of visible ASCII; at most 32, and 512 characters are passed on.
+_STATE_MEMBERS, _STATE_CHARS, _STATE_MEMBER_CHARS = 32, 512, 128
 
 
 def trace_from(headers: Mapping[str, str]) -> RequestTrace:
-    """A new request trace, continuing the caller's `traceparent` when it is well formed."""
-    match = _TRACEPARENT.match(headers.get("traceparent", "").strip().lower())
-    if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
-        return RequestTrace(match.group(1), match.group(2))
-    return RequestTrace(os.urandom(16).hex(), None)
+    """A new request trace, continuing the caller's `traceparent` (and `tracestate`) when it
+    is valid under W3C Trace Context; otherwise a new trace of our own, sampled."""
+    match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip(" \t"))
+    if (match is None or match["version"] == "ff" or match["trace"] == "0" * 32
+            or match["parent"] == "0" * 16 or (match["version"] == "00" and match["rest"])):
+        return RequestTrace(os.urandom(16).hex(), None)
+    sampled = bool(int(match["flags"], 16) & 1)  # the only flag version 00 defines
+    return RequestTrace(match["trace"], match["parent"], sampled=sampled,
+                        state=_tracestate(headers.get("tracestate", "")))
+
+
+def _tracestate(value: str) -> str:
+    """The caller's `tracestate` to pass on: empty when malformed; past 512 characters, members
+    over 128 characters go first, then members from the end (as W3C allows)."""
+    if not value or not all(" " <= char <= "~" for char in value):
+        return ""
+    members = [item.strip() for item in value.split(",") if item.strip()]
+    if len(members) > _STATE_MEMBERS or any("=" not in item for item in members):
+        return ""
+    if len(",".join(members)) > _STATE_CHARS:
+        members = [item for item in members if len(item) <= _STATE_MEMBER_CHARS]
+    while len(",".join(members)) > _STATE_CHARS:
+        members.pop()
+    return ",".join(members)
 
 
 def _value(value: Any) -> dict[str, Any]:
@@ -116,22 +143,9 @@ class Tracer(Observer):
     def __init__(self, settings: Settings, *,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.models = {"worker": settings.worker_model, "space": settings.space_model}
-        self.resource = {"attributes": _attributes({
-            "service.name": settings.otel_service_name, "telemetry.sdk.language": "python"})}
-        headers = {"content-type": "application/json"}
-        for item in settings.otel_exporter_otlp_headers.split(","):
-            key, sep, value = item.partition("=")
-            if sep and key.strip():
-                headers[key.strip().lower()] = value.strip()
-        self._client = httpx.Client(
-            base_url=settings.otel_exporter_otlp_endpoint, headers=headers,
-            timeout=EXPORT_TIMEOUT_S, trust_env=False,
-            # The backends' TLS context: loading the CA bundle again would cost ~20 ms.
-            transport=transport or httpx.HTTPTransport(retries=0, verify=shared_tls()))
-        self._cond = threading.Condition()
-        self._queue: list[list[dict[str, Any]]] = []
-        self._busy = False
-        self._thread: threading.Thread | None = None
+        self.exporter = OtlpExporter(settings, {"attributes": _attributes({
+            "service.name": settings.otel_service_name, "telemetry.sdk.language": "python"})},
+            transport=transport)
 
     def request_started(self, headers: Mapping[str, str]) -> None:
         """Start the request's trace, continuing the caller's `traceparent`."""
@@ -150,23 +164,16 @@ class Tracer(Observer):
             return
         TRACE.set(None)
         trace.end_attempt(None)
-        spans = [self._request_span(trace, record),
-                 *(self._attempt_span(trace, attempt, operation(record.path))
-                   for attempt in trace.attempts)]
-        with self._cond:
-            if len(self._queue) >= MAX_QUEUED:
-                return  # a collector that is down must not grow the process without bound
-            self._queue.append(spans)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._export, name="router-traces",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+        if not trace.sampled:
+            return  # the caller decided: not recorded, though its context went on
+        self.exporter.submit([self._request_span(trace, record),
+                              *(self._attempt_span(trace, attempt, operation(record.path))
+                                for attempt in trace.attempts)])
 
     def flush(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` until every queued span has been sent (or refused)."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
+        """Wait up to `timeout_s` until the spans have left (at once while the collector is
+        stuck: see router/_otlp.py)."""
+        self.exporter.flush(timeout_s)
 
     def _request_span(self, trace: RequestTrace, record: RequestRecord) -> dict[str, Any]:
         op = operation(record.path)
@@ -208,29 +215,3 @@ class Tracer(Observer):
         if attempt.error:
             span["status"] = {"code": STATUS_ERROR}
         return span
-
-    def _export(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue))
-                batch, self._queue = self._queue, []
-                self._busy = True
-            try:
-                self._send([span for spans in batch for span in spans])
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _send(self, spans: list[dict[str, Any]]) -> None:
-        body = {"resourceSpans": [{"resource": self.resource, "scopeSpans": [
-            {"scope": {"name": "chat-router"}, "spans": spans}]}]}
-        try:
-            response = self._client.post("/v1/traces", json=body)
-        except httpx.HTTPError as exc:
-            log.warning("traces not exported", extra={"fields": {
-                "exc_type": type(exc).__name__, "spans": len(spans)}})
-            return
-        if response.status_code >= 300:
-            log.warning("traces refused", extra={"fields": {
-                "status": response.status_code, "spans": len(spans)}})

@@ -13,7 +13,7 @@ from router_service._cli import (
     read_env_file,
     serve,
 )
-from router_service._door import Door
+from router_service._fair import Door
 from router_service._host import UvicornHost
 from router_service._limits import ServiceLimits
 from router_service._metrics import RouterMetrics

@@ -119,6 +119,12 @@ class RouterService:
             # Refused on its headers: its body is never read, and the connection closes.
             await _send(send, admission, close=True)
             return
+        if not admission.subject:
+            # No credential was checked (a preflight, a warm-up ping, /health): answered from
+            # its headers alone, its body never read; one that announced a body is closed.
+            announced = declared not in ("", "0") or "transfer-encoding" in headers
+            await _send(send, await router.answer(admission, b"", self.edge), close=announced)
+            return
         try:
             body = await _read_body(receive, limit)
         except _Disconnected:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from router import ChatRouter
+from collections.abc import Mapping
+
+from router import ChatRouter, HttpRequest, RouterError
 from router_service._app import RouterService
-from router_service._door import Door, guarded_protocol
+from router_service._door import guarded_protocol
+from router_service._fair import CredentialCheck, Door
 from router_service._host import UvicornHost
 from router_service._limits import ServiceLimits
 
@@ -15,10 +18,11 @@ GRACE_S = 30
 class Service(UvicornHost):
     """The service on a socket bound up front: `serve_forever` (the CLI) or `start` (tests).
 
-    uvicorn brings uvloop, httptools, graceful SIGTERM and the total connection cap (past it a
-    request gets 503); the door adds the header and body timers and the per-address share
-    (`limits`, from the environment: see README, "The service's door"). It needs httptools
-    (requirements/gateway.txt): the door is a subclass of uvicorn's httptools protocol."""
+    uvicorn brings uvloop, httptools and graceful SIGTERM; the door adds the time limit on
+    every phase of a request, the header limits, the pipelining gate and the fair share of
+    the connection cap (`limits`, from the environment: see README, "The service's door"). It
+    needs httptools (requirements/gateway.txt): the door is a subclass of uvicorn's httptools
+    protocol."""
 
     thread_name = "router-service"
 
@@ -29,10 +33,12 @@ class Service(UvicornHost):
         self.app = RouterService(router, namespace=namespace, timeout_ms=timeout_ms,
                                  metrics=self.limits.metrics)
         self.host = host
-        self.door = Door(self.limits)
+        self.door = Door(self.limits, credential_check(router))
         self._host(self.app, host=host, port=port, http=guarded_protocol(self.door),
                    ws="none", timeout_keep_alive=self.limits.keep_alive_s,
-                   limit_concurrency=self.limits.max_connections,
+                   # The door holds the cap (uvicorn's own would refuse the newcomer that the
+                   # door just made room for).
+                   limit_concurrency=None,
                    timeout_graceful_shutdown=GRACE_S, backlog=2048,
                    # uvicorn would otherwise take X-Forwarded-For from any peer on 127.0.0.1
                    # (or FORWARDED_ALLOW_IPS); the router's TRUSTED_PROXIES alone decides.
@@ -42,3 +48,20 @@ class Service(UvicornHost):
     def function_url(self) -> str:
         """The function URL, in DigitalOcean's shape."""
         return f"http://{self.host}:{self.port}{self.app.prefix}"
+
+
+def credential_check(router: ChatRouter) -> CredentialCheck:
+    """The door's check of a request's credential (API_KEYS or a client token), by the
+    router's own rules; None when no credential is configured (open access)."""
+
+    def check(headers: Mapping[str, str]) -> bool | None:
+        access = router.access
+        if access.mode == "open":
+            return None
+        try:
+            access.subject(HttpRequest("GET", "/", headers))
+        except RouterError:
+            return False
+        return True
+
+    return check

@@ -2,12 +2,14 @@
 
 It takes `POST /v1/traces` in OTLP's JSON encoding (`application/json`, what the router sends;
 ids in hex, int64 as strings), answers 200 `{}` as a collector does, and keeps every span with
-its resource's service name. `HeaderTap` wraps a fake backend to record the `traceparent` of
-each request it got.
+its resource's service name. Set `status` to answer otherwise (a collector that fails), or
+`hanging` to hold every request unanswered until it is cleared (a collector that hangs).
+`HeaderTap` wraps a fake backend to record the trace headers of each request it got.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +51,10 @@ class OtlpReceiver:
     raw: list[str] = field(default_factory=list)
     content_types: list[str] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    status: int = 200
+    hanging: threading.Event = field(default_factory=threading.Event)
+    held: int = 0  # requests that arrived while hanging
+    gave_up: threading.Event = field(default_factory=threading.Event)  # a held sender left
 
     def wait_for(self, count: int, timeout_s: float) -> list[Span]:
         """Block until `count` spans arrived (or the timeout); return them."""
@@ -72,6 +78,11 @@ class OtlpReceiver:
         if not ctype.startswith("application/json"):
             await _answer(send, 415, b"{}")  # protobuf is OTLP's other encoding: not ours
             return
+        if self.hanging.is_set():
+            await self._hold(receive)
+        if self.status != 200:
+            await _answer(send, self.status, b'{"message": "collector failure"}')
+            return
         data = json.loads(body)
         spans = [span for resource in data.get("resourceSpans", [])
                  for span in _spans(resource)]
@@ -81,6 +92,23 @@ class OtlpReceiver:
             self.spans.extend(spans)
             self.arrived.notify_all()
         await _answer(send, 200, b"{}")
+
+
+    async def _hold(self, receive: Any) -> None:
+        # Until the test clears `hanging`; a sender that gives up first is noted.
+        self.held += 1
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.gave_up.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            while self.hanging.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
 
 
 def _spans(resource: dict[str, Any]) -> list[Span]:
@@ -102,10 +130,12 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 
 @dataclass
 class HeaderTap:
-    """Wraps an ASGI app; records each HTTP request's `traceparent` header (or '')."""
+    """Wraps an ASGI app; records each HTTP request's `traceparent` and `tracestate` headers
+    (or '')."""
 
     app: Any
     traceparents: list[str] = field(default_factory=list)
+    tracestates: list[str] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
@@ -114,4 +144,5 @@ class HeaderTap:
         if scope["type"] == "http":
             headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
             self.traceparents.append(headers.get("traceparent", ""))
+            self.tracestates.append(headers.get("tracestate", ""))
         await self.app(scope, receive, send)

@@ -105,5 +105,6 @@ def test_a_collector_that_is_down_costs_the_answer_nothing(make_main, worker: Fa
     assert answer["statusCode"] == 200
     warnings = [r for r in caplog.records if r.name == "router.trace"]
     assert [r.getMessage() for r in warnings] == ["traces not exported"]
-    assert warnings[0].fields == {"exc_type": "ConnectError", "spans": 2}
+    assert warnings[0].fields == {"reason": "ConnectError", "failed_exports": 1,
+                                  "dropped_spans": 2, "interval_s": 60}
     assert closed not in caplog.text

@@ -144,6 +144,10 @@ def test_the_public_names_are_pinned():
     ("MAX_CONNECTIONS_PER_ADDRESS", "lots"),
     ("MAX_CONNECTIONS_PER_ADDRESS", "5000"),  # more than MAX_CONNECTIONS
     ("HEADER_TIMEOUT_MS", "0"),
+    ("RESERVED_CONNECTIONS", "2000"),  # not below MAX_CONNECTIONS
+    ("MAX_HEADER_BYTES", "10"),
+    ("MAX_HEADER_COUNT", "lots"),
+    ("WRITE_TIMEOUT_MS", "0"),
 ])
 def test_a_bad_door_setting_stops_the_service_naming_it(tmp_path: Path, variable: str,
                                                         value: str):

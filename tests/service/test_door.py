@@ -75,12 +75,12 @@ def test_a_dripping_body_is_cut_off_and_never_reaches_a_backend(service: Service
 
 
 def test_one_address_cannot_hold_every_connection(service: Service):
-    """GIVEN a share of 3 connections per address WHEN 127.0.0.2 holds 3 and opens a 4th THEN
-    the 4th gets 503 `too_many_connections` and is closed at once, while a client on
-    127.0.0.1 is still served."""
-    held = [connect(service.port, source="127.0.0.2") for _ in range(3)]
+    """GIVEN a share of 3 connections per address group WHEN 127.1.0.2 holds 3 and opens a 4th
+    THEN the 4th gets 503 `too_many_connections` and is closed at once, while a client on
+    127.0.0.1 (another /24) is still served."""
+    held = [connect(service.port, source="127.1.0.2") for _ in range(3)]
     try:
-        with connect(service.port, source="127.0.0.2") as extra:
+        with connect(service.port, source="127.1.0.2") as extra:
             answer, closed = read_until_closed(extra, within_s=2)
         assert closed and status_of(answer) == 503
         assert b"too_many_connections" in answer
@@ -101,3 +101,25 @@ def test_an_idle_kept_alive_connection_closes_after_the_keep_alive_timeout(servi
         answer, closed = read_until_closed(sock, within_s=5)
     assert closed and status_of(answer) == 200
     assert answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_blank_lines_do_not_keep_an_idle_connection_alive(service: Service):
+    """GIVEN a 300 ms keep-alive and header timeout WHEN a client gets an answer and then
+    sends a bare CRLF every 100 ms (allowed between requests, and no request) THEN the
+    connection still closes (before: every byte cancelled the keep-alive timer, and no header
+    timer ran until a request began: a socket held for ever at 20 bytes a second)."""
+    with connect(service.port) as sock:
+        sock.sendall(head("GET", service.app.prefix + "/health", {}))
+        sock.settimeout(5)
+        assert status_of(sock.recv(65_536)) == 200
+        closed = False
+        for _ in range(50):  # 5 s of blank lines at most
+            try:
+                sock.sendall(b"\r\n")
+            except OSError:
+                closed = True
+                break
+            _, closed = read_until_closed(sock, within_s=0.1)
+            if closed:
+                break
+    assert closed, "blank lines kept an idle connection open"
