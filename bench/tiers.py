@@ -14,9 +14,11 @@ machine hits them alike. Each request is an `llm` chat:
 - three deployments: this tree with the LLM tier in LLM_DEPLOYMENTS (two Spaces and one
   Inference Endpoint, weights 1/1/2), its choice, in-flight counts and wake paths in play.
 
-Reported: each side's median and p90 per-request time (ms), and for each side the median of
-the per-round differences of medians against the baseline (the paired figure the 0.1 ms
-target is read from).
+- the baseline again, as an A/A control: how far two identical sides drift apart here.
+
+Reported: each side's median and p90 per-request time (ms), the difference of its median to
+the baseline's, and the median of the per-round differences of medians against the baseline
+(paired: each round's sides ran back to back).
 """
 
 from __future__ import annotations
@@ -69,22 +71,25 @@ for line in sys.stdin:
     print(json.dumps({"ms": times, "backends": backends}), flush=True)
 """
 
-SHORTHAND = {"fakes": ["worker", "space"],
-             "env": {"WORKER_URL": "{worker}", "WORKER_TOKEN": "tok-worker",
-                     "SPACE_URL": "{space}", "SPACE_TOKEN": "tok-space",
-                     "SPACE_ID": "owner/chat", "HF_TOKEN": "hf_" + "x" * 34}}
-THREE = {"fakes": ["worker", "space-a", "space-b", "ep"],
-         "env": {"WORKER_URL": "{worker}", "WORKER_TOKEN": "tok-worker",
-                 "HF_TOKEN": "tok-ep", "SPACE_A_TOKEN": "tok-space-a",
-                 "SPACE_B_TOKEN": "tok-space-b",
-                 "LLM_DEPLOYMENTS": (
-                     "space-a kind=space url={space-a} token=SPACE_A_TOKEN id=owner/chat-a "
-                     "context=8192; space-b kind=space url={space-b} token=SPACE_B_TOKEN "
-                     "id=owner/chat-b context=8192; ep kind=endpoint url={ep} token=HF_TOKEN "
-                     "id=owner/chat-ep weight=2 context=32768")}}
+# Each side runs four fake servers (each a uvicorn thread in its process), whether it uses
+# two or four, so that idle servers' ticks weigh on both sides alike.
+SHORTHAND: dict[str, Any] = {
+    "fakes": ["worker", "space", "idle-1", "idle-2"],
+    "env": {"WORKER_URL": "{worker}", "WORKER_TOKEN": "tok-worker", "SPACE_URL": "{space}",
+            "SPACE_TOKEN": "tok-space", "SPACE_ID": "owner/chat", "HF_TOKEN": "hf_" + "x" * 34}}
+THREE: dict[str, Any] = {
+    "fakes": ["worker", "space-a", "space-b", "ep"],
+    "env": {"WORKER_URL": "{worker}", "WORKER_TOKEN": "tok-worker", "HF_TOKEN": "tok-ep",
+            "SPACE_A_TOKEN": "tok-space-a", "SPACE_B_TOKEN": "tok-space-b",
+            "LLM_DEPLOYMENTS": (
+                "space-a kind=space url={space-a} token=SPACE_A_TOKEN id=owner/chat-a "
+                "context=8192; space-b kind=space url={space-b} token=SPACE_B_TOKEN "
+                "id=owner/chat-b context=8192; ep kind=endpoint url={ep} token=HF_TOKEN "
+                "id=owner/chat-ep weight=2 context=32768")}}
 BASELINE = "baseline (main, WORKER_URL + SPACE_URL)"
 SAME = "this tree, WORKER_URL + SPACE_URL"
 TIERS = "this tree, LLM tier of three deployments"
+AGAIN = "baseline again (A/A control: the spread between two identical sides)"
 
 
 class Side:
@@ -117,7 +122,7 @@ class Side:
 def compare(baseline: Path, rounds: int, batch: int) -> dict[str, Any]:
     """Per side: median and p90 ms, who answered, and the paired difference to the baseline."""
     sides = {BASELINE: Side(baseline, SHORTHAND), SAME: Side(ROOT, SHORTHAND),
-             TIERS: Side(ROOT, THREE)}
+             TIERS: Side(ROOT, THREE), AGAIN: Side(baseline, SHORTHAND)}
     try:
         for side in sides.values():
             side.batch(batch)  # warm-up, not counted
@@ -136,11 +141,51 @@ def compare(baseline: Path, rounds: int, batch: int) -> dict[str, Any]:
     finally:
         for side in sides.values():
             side.close()
+    base = median(times[BASELINE])
     return {name: {
         "median_ms": round(median(times[name]), 4), "p90_ms": round(pct(times[name], 90), 4),
-        "added_ms_vs_baseline": round(median([m - b for m, b in zip(
+        "median_minus_baseline_ms": round(median(times[name]) - base, 4),
+        "paired_added_ms": round(median([m - b for m, b in zip(
             medians[name], medians[BASELINE], strict=True)]), 4),
         "answered_by": answered[name]} for name in sides}
+
+
+def choice_us(repeat: int = 20_000) -> dict[str, float]:
+    """The choice itself, in process: one request's Route through the tiers to its first
+    deployment, and back (µs a request, best of 5), with the shorthand's tiers and with
+    three LLM deployments: the part of the added time that the A/B sides cannot resolve."""
+    import timeit
+
+    from router import Settings
+
+    out: dict[str, float] = {}
+    for label, spec in (("shorthand", SHORTHAND), ("three deployments", THREE)):
+        env = {}
+        for key, value in spec["env"].items():
+            for name in spec["fakes"]:
+                value = value.replace("{" + name + "}", f"http://127.0.0.1:9/{name}")
+            env[key] = value
+        settings = Settings.from_env(env)
+        out[label] = _time_route(settings, repeat, timeit.repeat)
+    return out
+
+
+def _time_route(settings: Any, repeat: int, timer: Any) -> float:
+    # The router's per-container pieces, built as the function builds them.
+    from router import ChatRouter
+
+    router = ChatRouter(settings)
+    endpoints, engine = router.endpoints, router.engine
+
+    def one() -> None:
+        route = endpoints._route("space", True)  # the plan's route for an `llm` request
+        first = route.next()
+        assert first is not None
+        engine.balancer.release(first.name)
+
+    best = float(min(timer(one, number=repeat, repeat=5))) / repeat * 1e6
+    router.close()
+    return round(best, 3)
 
 
 def main() -> None:
@@ -154,8 +199,8 @@ def main() -> None:
     before = load()
     figures = compare(Path(args.baseline), args.rounds, args.batch)
     print(json.dumps({"machine": machine(), "load_before": before, "load_after": load(),
-                      "rounds": args.rounds, "batch": args.batch, "figures": figures},
-                     indent=1))
+                      "rounds": args.rounds, "batch": args.batch, "figures": figures,
+                      "choice_us": choice_us()}, indent=1))
 
 
 if __name__ == "__main__":

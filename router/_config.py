@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from router._deployments import Deployment, Shorthand, build, check_url, parse, token_variables
+from router._deployments import Deployment, build, check_url, parse, token_variables
 from router._errors import ConfigError
 
 DEFAULT_TASK_WORDS = (
@@ -268,11 +268,16 @@ class Settings(BaseModel):
     def deployments(self) -> tuple[Deployment, ...]:
         """Every deployment, small tier first (router/_deployments.py); ConfigError naming the
         bad entry. `from_env` builds them once, so a bad one stops the start, not a request."""
-        shorthand = Shorthand(self.worker_url, self.worker_token, self.worker_model,
-                              self.space_url, self.space_token, self.space_model,
-                              self.space_id, self.hf_token)
+        shorthand = [Deployment("worker", "small", "worker", self.worker_url,
+                                self.worker_token, model=self.worker_model)]
+        if self.space_url:
+            shorthand.append(Deployment("space", "llm", "space", self.space_url,
+                                        self.space_token, model=self.space_model,
+                                        hub_id=self.space_id, hub_token=self.hf_token))
         try:
-            return build(shorthand, self.small_deployments, self.llm_deployments,
+            return build(shorthand, {"small": self.small_deployments,
+                                     "llm": self.llm_deployments},
+                         {"small": self.worker_model, "llm": self.space_model},
                          lambda name: self._named_secrets.get(name, ""))
         except ValueError as exc:
             raise ConfigError(f"invalid settings: {exc}") from None

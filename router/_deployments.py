@@ -19,7 +19,7 @@ bad) and the key, never a value: a URL or a token must not reach an answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, cast
 from urllib.parse import urlsplit
@@ -35,12 +35,14 @@ MAX_WEIGHT = 1_000
 MAX_CONTEXT = 10_000_000
 MAX_DEPLOYMENTS = 16  # per tier: a label set, and a loop, that stay small
 DEFAULT_HUB_VAR = "HF_TOKEN"
-# A label value: short, lower case, nothing that could be a secret or a URL.
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_MODEL = re.compile(r"[!-~]{1,128}")
-_INSTANCE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Patterns, compiled on first use (re's cache): a setup without entries never pays for them
+# on the `ask` function's cold start. A name is a label value: short, lower case, nothing that
+# could be a secret or a URL.
+_NAME = r"[a-z0-9][a-z0-9_-]{0,31}"
+_VAR = r"[A-Z_][A-Z0-9_]{0,63}"
+_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+_MODEL = r"[!-~]{1,128}"
+_INSTANCE = r"[a-z0-9][a-z0-9._-]{0,63}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +90,9 @@ class Deployment:
         return headers
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One deployment as written in SMALL_DEPLOYMENTS or LLM_DEPLOYMENTS: its secrets still
-    named by variable (`token_var`, `hub_token_var`), not read."""
-
-    deployment: Deployment
-    token_var: str = ""
-    hub_token_var: str = DEFAULT_HUB_VAR
+# One deployment as written in SMALL_DEPLOYMENTS or LLM_DEPLOYMENTS, its secrets still named
+# by variable, not read: (the deployment, its token's variable, its Hub token's variable).
+Entry = tuple[Deployment, str, str]
 
 
 def check_url(value: str) -> str:
@@ -126,7 +123,7 @@ def _number(text: str, what: str, low: int, high: int) -> int:
     return int(text)
 
 
-def _entry(words: list[str], tier: Tier) -> Entry:
+def _entry(words: list[str], tier: Tier, default_model: str) -> Entry:
     fields: dict[str, str] = {}
     for word in words[1:]:
         key, sep, value = word.partition("=")
@@ -143,39 +140,38 @@ def _entry(words: list[str], tier: Tier) -> Entry:
     if "url" not in fields:
         raise ValueError("url is required")
     for key in ("token", "hub_token"):
-        if key in fields and not _VAR.fullmatch(fields[key]):
+        if key in fields and not re.fullmatch(_VAR, fields[key]):
             raise ValueError(f"{key} must name an environment variable (like SPACE_B_TOKEN), "
                              "not hold the token")
-    if "id" in fields and not _ID.fullmatch(fields["id"]):
+    if "id" in fields and not re.fullmatch(_ID, fields["id"]):
         raise ValueError("id must be owner/name")
-    if "model" in fields and not _MODEL.fullmatch(fields["model"]):
+    if "model" in fields and not re.fullmatch(_MODEL, fields["model"]):
         raise ValueError("model must be visible ASCII, at most 128 characters")
-    if "instance" in fields and not _INSTANCE.fullmatch(fields["instance"]):
+    if "instance" in fields and not re.fullmatch(_INSTANCE, fields["instance"]):
         raise ValueError("instance must look like nvidia-a10g-x1")
     deployment = Deployment(
         name=words[0], tier=tier, kind=cast(Kind, fields["kind"]), url=_url(fields["url"]),
         weight=_number(fields["weight"], "weight", 1, MAX_WEIGHT) if "weight" in fields else 1,
-        model=fields.get("model", ""),
+        model=fields.get("model") or default_model,
         context=_number(fields["context"], "context", 0, MAX_CONTEXT)
         if "context" in fields else 0,
         hub_id=fields.get("id", ""), instance=fields.get("instance", ""))
-    return Entry(deployment, fields.get("token", ""),
-                 fields.get("hub_token", DEFAULT_HUB_VAR))
+    return deployment, fields.get("token", ""), fields.get("hub_token", DEFAULT_HUB_VAR)
 
 
-def parse(text: str, variable: str) -> list[Entry]:
-    """The entries of one tier's variable (SMALL_DEPLOYMENTS or LLM_DEPLOYMENTS); ValueError
-    naming `variable` and the bad entry."""
+def parse(text: str, variable: str, default_model: str = "") -> list[Entry]:
+    """The entries of one tier's variable (SMALL_DEPLOYMENTS or LLM_DEPLOYMENTS), their model
+    `default_model` unless they name one; ValueError naming `variable` and the bad entry."""
     tier: Tier = "small" if variable == "SMALL_DEPLOYMENTS" else "llm"
     entries: list[Entry] = []
     chunks = [chunk.strip() for chunk in text.split(";")]
     for position, chunk in enumerate((c for c in chunks if c), start=1):
         words = chunk.split()
-        if not _NAME.fullmatch(words[0]):
+        if not re.fullmatch(_NAME, words[0]):
             raise ValueError(f"{variable}: entry {position}: a name comes first: lower-case "
                              "letters, digits, - and _, at most 32 characters")
         try:
-            entries.append(_entry(words, tier))
+            entries.append(_entry(words, tier, default_model))
         except ValueError as exc:
             raise ValueError(f"{variable}: deployment '{words[0]}': {exc}") from None
     if len(entries) > MAX_DEPLOYMENTS:
@@ -190,41 +186,24 @@ def token_variables(*texts: str) -> set[str]:
     for text in texts:
         for word in text.split():
             key, sep, value = word.partition("=")
-            if sep and key in ("token", "hub_token") and _VAR.fullmatch(value):
+            if sep and key in ("token", "hub_token") and re.fullmatch(_VAR, value):
                 names.add(value)
     return names
 
 
-@dataclass(frozen=True, slots=True)
-class Shorthand:
-    """The one-deployment settings of each tier, and the defaults entries take from them."""
-
-    worker_url: str
-    worker_token: str
-    worker_model: str
-    space_url: str
-    space_token: str
-    space_model: str
-    space_id: str
-    hf_token: str
-
-
-def build(shorthand: Shorthand, small_text: str, llm_text: str,
-          secret: Callable[[str], str]) -> tuple[Deployment, ...]:
-    """Every deployment, small tier first, each tier in the order written (the shorthand's
-    first). `secret(name)` reads a variable an entry names; ValueError on any bad entry."""
+def build(shorthand: Sequence[Deployment], texts: Mapping[Tier, str],
+          models: Mapping[Tier, str], secret: Callable[[str], str]) -> tuple[Deployment, ...]:
+    """Every deployment, small tier first, the shorthand's (`worker`, and `space` when
+    SPACE_URL is set) first in each, then the tier's entries (`texts`) in the order written,
+    each with the tier's model (`models`) unless it names one. `secret(name)` reads a variable
+    an entry names; ValueError on any bad entry."""
     deployments: list[Deployment] = []
-    if shorthand.worker_url:
-        deployments.append(Deployment("worker", "small", "worker", shorthand.worker_url,
-                                      shorthand.worker_token, model=shorthand.worker_model))
-    for entry in parse(small_text, "SMALL_DEPLOYMENTS"):
-        deployments.append(_resolve(entry, shorthand.worker_model, secret))
-    if shorthand.space_url:
-        deployments.append(Deployment("space", "llm", "space", shorthand.space_url,
-                                      shorthand.space_token, model=shorthand.space_model,
-                                      hub_id=shorthand.space_id, hub_token=shorthand.hf_token))
-    for entry in parse(llm_text, "LLM_DEPLOYMENTS"):
-        deployments.append(_resolve(entry, shorthand.space_model, secret))
+    tiers: tuple[tuple[Tier, str], ...] = (("small", "SMALL_DEPLOYMENTS"),
+                                           ("llm", "LLM_DEPLOYMENTS"))
+    for tier, variable in tiers:
+        deployments += [d for d in shorthand if d.tier == tier]
+        deployments += [_resolve(entry, secret)
+                        for entry in parse(texts[tier], variable, models[tier])]
     seen: set[str] = set()
     for deployment in deployments:
         if deployment.name in seen:
@@ -235,25 +214,24 @@ def build(shorthand: Shorthand, small_text: str, llm_text: str,
     return tuple(deployments)
 
 
-def _resolve(entry: Entry, default_model: str, secret: Callable[[str], str]) -> Deployment:
-    written = entry.deployment
+def _resolve(entry: Entry, secret: Callable[[str], str]) -> Deployment:
+    written, token_var, hub_token_var = entry
     where = f"{written.variable}: deployment '{written.name}'"
-    token = secret(entry.token_var) if entry.token_var else ""
-    if entry.token_var and not token:
-        raise ValueError(f"{where}: token variable {entry.token_var} is not set (list it in "
+    token = secret(token_var) if token_var else ""
+    if token_var and not token:
+        raise ValueError(f"{where}: token variable {token_var} is not set (list it in "
                          "project.yml's environment, or the app's envs)")
     if not all("!" <= char <= "~" for char in token):
         # It travels in a header: anything else would fail every call.
-        raise ValueError(f"{where}: {entry.token_var} must be visible ASCII, without spaces")
+        raise ValueError(f"{where}: {token_var} must be visible ASCII, without spaces")
     if written.kind not in SLEEPERS and written.hub_id:
         raise ValueError(f"{where}: id is for a space or an endpoint")
-    hub_token = secret(entry.hub_token_var) if written.kind in SLEEPERS else ""
+    hub_token = secret(hub_token_var) if written.kind in SLEEPERS else ""
     if written.hub_id and not hub_token:
-        raise ValueError(f"{where}: waking it needs {entry.hub_token_var}, which is not set")
+        raise ValueError(f"{where}: waking it needs {hub_token_var}, which is not set")
     if not all("!" <= char <= "~" for char in hub_token):
-        raise ValueError(f"{where}: {entry.hub_token_var} must be visible ASCII, without spaces")
-    return replace(written, token=token, hub_token=hub_token,
-                   model=written.model or default_model)
+        raise ValueError(f"{where}: {hub_token_var} must be visible ASCII, without spaces")
+    return replace(written, token=token, hub_token=hub_token)
 
 
 def by_tier(deployments: tuple[Deployment, ...]) -> Mapping[Tier, tuple[Deployment, ...]]:

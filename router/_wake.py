@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 from router._config import Settings
 from router._deployments import Deployment
-from router._endpoint_api import EndpointRest, wake_endpoint
 from router._hub_rest import HubError as HubError  # re-exported: the name callers use
 from router._hub_rest import RestClient
 
@@ -135,9 +134,14 @@ class Waker:
         """Start a wake in the background if allowed; return its thread, or None."""
         if not self.enabled or not self.gate.claim():
             return None
-        if self.hub is None:
-            self._own = self.hub = HubRest(self._base, self._token) if self.kind == "space" \
-                else EndpointRest(self._base, self._token)
+        if self.hub is None and self.kind == "space":
+            self._own = self.hub = HubRest(self._base, self._token)
+        elif self.hub is None:
+            # Loaded on an endpoint's first wake: most containers never wake one, and the
+            # `ask` function's cold start should not pay for it.
+            from router._endpoint_api import EndpointRest
+
+            self._own = self.hub = EndpointRest(self._base, self._token)
         thread = threading.Thread(target=self._wake, args=(reason,), name=f"wake-{self.name}",
                                   daemon=True)
         thread.start()
@@ -172,6 +176,8 @@ class Waker:
             self._own.close()
 
     def _wake(self, reason: str) -> None:
+        from router._endpoint_api import wake_endpoint  # loaded already by `request`
+
         wake: Wake = (lambda: wake_space(self.hub, self.hub_id)) if self.kind == "space" \
             else (lambda: wake_endpoint(self.hub, self.hub_id))
         fields: dict[str, Any] = {"backend": self.name, "reason": reason}

@@ -48,7 +48,8 @@ def test_idle_requests_split_by_weight(make_main, worker: FakeBackend,
     """GIVEN gpu-a (weight 2) and gpu-b (weight 1), nothing in flight (the function serves one
     request at a time) WHEN 30 `llm` requests come one after another THEN they split 20/10 give
     or take one (the round-robin's phase), each answer names its deployment and no fallback,
-    and the worker and gpu-c (not configured) see none."""
+    the worker and gpu-c (not configured) see none, and /v1/models names both as serving
+    `llm`."""
     two = {name: gpus[name] for name in ("gpu-a", "gpu-b")}
     main = make_main({**base_env(worker), **llm_env(two, gpu_a="weight=2")})
     answers = [chat(main) for _ in range(30)]
@@ -60,6 +61,8 @@ def test_idle_requests_split_by_weight(make_main, worker: FakeBackend,
         assert "x-chat-fallback" not in answer["headers"]
     assert gpus["gpu-a"].generation_requests() == named["gpu-a"]
     assert worker.generation_requests() == 0 and gpus["gpu-c"].seen == []
+    models = json.loads(main(with_body("models", {}), ctx())["body"])["data"]
+    assert {m["id"]: m["served_by"] for m in models}["llm"] == "gpu-a,gpu-b"
 
 
 def test_a_dead_deployment_gets_nothing_once_its_circuit_opens(make_main, worker: FakeBackend,

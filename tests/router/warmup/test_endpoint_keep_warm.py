@@ -96,3 +96,19 @@ def test_a_failed_endpoint_is_reported_not_touched(make_warmup, worker: FakeBack
         scheduled_event(), None)
     assert (report["ok"], report["deployments"]["ep"]["wake"]) == (False, "broken")
     assert [call for call in endpoints_api.calls if call[0] != "GET"] == []
+
+
+def test_an_endpoint_with_its_own_hub_token_and_a_hub_that_refuses_it(
+        make_warmup, worker: FakeBackend, endpoints_api: FakeEndpointsApi,
+        endpoint: EndpointProxy):
+    """GIVEN an endpoint whose entry names its own Hub token (`hub_token=EP_HUB_TOKEN`), one
+    the endpoints API refuses WHEN the run fires THEN its client is made with that token (not
+    HF_TOKEN), the API's 401 is reported as a Hub error with its status, the run is not ok, and
+    the token appears nowhere in the report."""
+    env = env_for(worker, endpoint, endpoints_api, open_now())
+    env["LLM_DEPLOYMENTS"] += " hub_token=EP_HUB_TOKEN"
+    report = make_warmup({**env, "EP_HUB_TOKEN": "hf_notTheRightOne0000"})(
+        scheduled_event(), None)
+    assert report["deployments"]["ep"]["wake"] == "hub_error"
+    assert report["deployments"]["ep"]["hub_status"] == 401 and report["ok"] is False
+    assert "hf_notTheRightOne0000" not in str(report)
