@@ -116,7 +116,7 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
         assert fell_back.status_code == 200
         assert fell_back.headers["x-chat-fallback"] == "space_sleeping"
         # The wake runs on its own thread: wait for it to end (the function's edge does too).
-        stack["main"].__globals__["FUNCTION"].router().engine.waker.settle(10)
+        stack["main"].__globals__["FUNCTION"].router().engine.wakers["space"].settle(10)
         assert hub.restarts == 1
         streamed_headers, last = stream(client, base)
         space.mode = "ok"
