@@ -194,9 +194,11 @@ def _taking_turns(cases: dict[str, Callable[[], dict[str, float]]], runs: int) -
     for case in cases.values():
         case()  # one untimed run each: warm disk caches and .pyc files
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
-    for _ in range(runs):
-        for name, case in cases.items():
-            samples[name].append(case())
+    names = list(cases)
+    for number in range(runs):
+        # Which case goes first turns round by round: no case always follows the same one.
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            samples[name].append(cases[name]())
     return {name: {"median_ms": median([s["ms"] for s in runs_]),
                    "peak_rss_mib": max(s["rss_kib"] for s in runs_) / 1024}
             for name, runs_ in samples.items()}
