@@ -6,6 +6,7 @@ own venv (-I). Each case reports its own peak RSS (ru_maxrss).
 
     .venv/bin/python -m bench.cold --importtime    # -X importtime of the entry, top self times
     .venv/bin/python -m bench.cold --tracing [--baseline REF]   # tracing off / on / before it
+    .venv/bin/python -m bench.cold --deployments [--baseline REF]  # three LLM deployments
 
 `--tracing` times the entry three ways, taking turns: as built (tracing off), with
 OTEL_EXPORTER_OTLP_ENDPOINT set to an OTLP receiver on loopback (the /health span is exported
@@ -77,6 +78,18 @@ ENV = {"WORKER_URL": "https://worker.invalid/ai", "WORKER_TOKEN": "t" * 32,
        "SPACE_URL": "https://owner-chat.hf.space", "SPACE_TOKEN": "s" * 32,
        "SPACE_ID": "owner/chat", "HF_TOKEN": "hf_" + "x" * 34,
        "CORS_ORIGINS": "https://app.example.com"}
+
+# Issue 26: the LLM tier as two Spaces and an Inference Endpoint (the README's worked setup).
+THREE_DEPLOYMENTS = {
+    "WORKER_URL": "https://worker.invalid/ai", "WORKER_TOKEN": "t" * 32,
+    "HF_TOKEN": "hf_" + "x" * 34, "SPACE_A_TOKEN": "a" * 32, "SPACE_B_TOKEN": "b" * 32,
+    "CORS_ORIGINS": "https://app.example.com",
+    "LLM_DEPLOYMENTS": (
+        "space-a kind=space url=https://owner-chat-a.hf.space token=SPACE_A_TOKEN "
+        "id=owner/chat-a context=8192; space-b kind=space url=https://owner-chat-b.hf.space "
+        "token=SPACE_B_TOKEN id=owner/chat-b context=8192; ep kind=endpoint "
+        "url=https://abc.us-east-1.aws.endpoints.huggingface.cloud token=HF_TOKEN "
+        "id=owner/chat-ep weight=2 context=32768 instance=nvidia-a10g-x1")}
 
 FLOOR_CASE = "httpx+pydantic+tenacity import (floor)"
 WORKING_CASE = "same, made to work (+ one httpx.Client, one BaseModel)"
@@ -153,14 +166,39 @@ def tracing(runs: int, baseline: str) -> Figures:
                  BEFORE_CASE: artifact_case(before, ENTRY),
                  # The first case again, last in each round: the spread an A/A pair shows.
                  AGAIN_CASE: artifact_case(fn_dir, ENTRY)}
-        for case in cases.values():
-            case()  # one untimed run each: warm disk caches and .pyc files
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
-        for _ in range(runs):
-            for name, case in cases.items():
-                samples[name].append(case())
+        figures = _taking_turns(cases, runs)
         if len(receiver.spans) != runs + 1:
             raise RuntimeError(f"{len(receiver.spans)} spans arrived for {runs + 1} requests")
+    return figures
+
+
+THREE_CASE = "`ask` entry + one /health, three LLM deployments"
+MAIN_CASE = "`ask` entry + one /health, the runtime before issue 26 (worker + Space)"
+MAIN_AGAIN_CASE = "the runtime before issue 26 again (A/A control)"
+
+
+def deployments(runs: int, baseline: str) -> Figures:
+    """Median ms and peak RSS of the entry before issue 26 (worker and Space), as built now
+    with the same two, and as built now with three LLM deployments, taking turns."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fn_dir = build_ask(Path(tmp) / "project")
+        before = runtime_at(fn_dir, baseline, Path(tmp) / "before" / "packages" / "chat" / "ask")
+        cases = {MAIN_CASE: artifact_case(before, ENTRY),
+                 ENTRY_CASE: artifact_case(fn_dir, ENTRY),
+                 THREE_CASE: artifact_case(fn_dir, ENTRY, THREE_DEPLOYMENTS),
+                 MAIN_AGAIN_CASE: artifact_case(before, ENTRY)}
+        return _taking_turns(cases, runs)
+
+
+def _taking_turns(cases: dict[str, Callable[[], dict[str, float]]], runs: int) -> Figures:
+    for case in cases.values():
+        case()  # one untimed run each: warm disk caches and .pyc files
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    names = list(cases)
+    for number in range(runs):
+        # Which case goes first turns round by round: no case always follows the same one.
+        for name in names[number % len(names):] + names[:number % len(names)]:
+            samples[name].append(cases[name]())
     return {name: {"median_ms": median([s["ms"] for s in runs_]),
                    "peak_rss_mib": max(s["rss_kib"] for s in runs_) / 1024}
             for name, runs_ in samples.items()}
@@ -193,13 +231,20 @@ def main() -> None:
     parser.add_argument("--importtime", action="store_true")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--tracing", action="store_true")
+    parser.add_argument("--deployments", action="store_true")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--baseline", default="")
     args = parser.parse_args()
-    if args.tracing:
-        baseline = args.baseline or subprocess.run(
-            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True,
-            check=True).stdout.strip()
+    baseline = args.baseline or subprocess.run(
+        ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True,
+        check=True).stdout.strip()
+    if args.deployments:
+        figures = deployments(args.runs, baseline)
+        print(json.dumps({"baseline": baseline[:12], "runs": args.runs, "figures": figures,
+                          "three_over_before": round(figures[THREE_CASE]["median_ms"]
+                                                     / figures[MAIN_CASE]["median_ms"], 3)},
+                         indent=1))
+    elif args.tracing:
         figures = tracing(args.runs, baseline)
         print(json.dumps({"baseline": baseline[:12], "runs": args.runs, "figures": figures},
                          indent=1))

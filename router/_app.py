@@ -38,7 +38,7 @@ from router._quota import Quotas
 from router._record import RequestRecord
 from router._status import error_response
 from router._telemetry import Observer, Observers
-from router._wake import SpaceHub, SpaceWaker
+from router._wake import SpaceHub, wakers
 
 log = logging.getLogger("router.request")
 
@@ -62,7 +62,7 @@ class ChatRouter:
                           transport=transports.get(name))
             for name, config in backend_configs(settings).items()
         }
-        self.engine = FallbackEngine(settings, self.backends, SpaceWaker(settings, hub))
+        self.engine = FallbackEngine(settings, self.backends, wakers(settings, hub))
         self.policy = Policy(settings)
         self.cors = Cors(settings)
         self.access = Access(settings)
@@ -88,19 +88,20 @@ class ChatRouter:
         }
 
     def observe(self, observer: Observer) -> None:
-        """Tell `observer` (too) about every request and every wake of the Space from now on."""
+        """Tell `observer` (too) about every request and every wake from now on."""
         current = self.observer
         members = current.members if isinstance(current, Observers) else [current]
         self.observer = Observers([*(m for m in members if m.active), observer])
         self.engine.observer = self.observer
-        self.engine.waker.on_checked = self.observer.wake_checked
+        for waker in self.engine.wakers.values():
+            waker.on_checked = self.observer.wake_checked
 
     def handle(self, request: HttpRequest, edge: Edge) -> HttpResponse:
-        """The function's path: answer on the container's loop, then give a Space wake still
-        in flight a bounded moment to leave before the platform freezes the container."""
+        """The function's path: answer on the container's loop, then give a wake still in
+        flight a bounded moment to leave before the platform freezes the container."""
         response = self.loop.run(self.handle_async(request, edge))
         # Kept for the bench (bench/sleeping.py): what the last answer waited for a wake.
-        self.last_wake_wait_s = self.engine.waker.settle(
+        self.last_wake_wait_s = self.engine.settle_wakes(
             min(self.settings.wake_grace_ms / 1000.0, WAKE_JOIN_CAP_S))
         if self.observer.active:
             self.observer.flush(WAKE_JOIN_CAP_S)  # the spans leave before the freeze, too
@@ -239,17 +240,33 @@ class ChatRouter:
         return HttpResponse.json(200, {
             **public,
             "quota": quota,
-            "backends": {name: {"circuit": state}
-                         for name, state in self.engine.breaker_states().items()},
+            "backends": self._deployment_health(),
             "space_configured": self.settings.has_space,
             "wake_configured": self.settings.can_wake,
         })
+
+    def _deployment_health(self) -> dict[str, dict[str, object]]:
+        """Each deployment: its tier and kind, circuit, requests in flight here, and (for a
+        Space or an endpoint) its wake state. Names only: never a URL or a token."""
+        engine = self.engine
+        states = engine.breaker_states()
+        out: dict[str, dict[str, object]] = {}
+        for deployment in self.settings.deployments:
+            name = deployment.name
+            entry: dict[str, object] = {"tier": deployment.tier, "kind": deployment.kind,
+                                        "weight": deployment.weight, "circuit": states[name],
+                                        "in_flight": engine.balancer.in_flight[name]}
+            if name in engine.wakers:
+                entry["wake"] = engine.wakers[name].health()
+            out[name] = entry
+        return out
 
     async def aclose(self) -> None:
         """Close every backend client (on the loop that used them)."""
         for backend in self.backends.values():
             await backend.aclose()
-        self.engine.waker.close()
+        for waker in self.engine.wakers.values():
+            waker.close()
         await self.quotas.aclose()
 
     def close(self) -> None:

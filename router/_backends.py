@@ -55,33 +55,21 @@ def shared_tls() -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
-    """How to reach one backend."""
+    """How to reach one deployment (router/_deployments.py)."""
 
     name: BackendName
     base_url: str
     headers: dict[str, str]
     model: str
+    # What its failures mean (router/_classify.py): `space`, `endpoint`, `worker`, `openai`.
+    kind: str = "worker"
 
 
 def backend_configs(settings: Settings) -> dict[BackendName, BackendConfig]:
-    """The configured backends: the worker always, the Space when SPACE_URL is set."""
-    worker_headers = {"authorization": f"Bearer {settings.worker_token}"} \
-        if settings.worker_token else {}
-    configs: dict[BackendName, BackendConfig] = {
-        "worker": BackendConfig("worker", settings.worker_url, worker_headers,
-                                settings.worker_model),
-    }
-    if settings.has_space:
-        headers: dict[str, str] = {}
-        if settings.space_token:
-            headers["authorization"] = f"Bearer {settings.space_token}"
-        if settings.hf_token:
-            # Hugging Face's proxy reads (and strips) this one for private Spaces; the app's
-            # own token travels in plain Authorization.
-            headers["x-hf-authorization"] = f"Bearer {settings.hf_token}"
-        configs["space"] = BackendConfig("space", settings.space_url, headers,
-                                         settings.space_model)
-    return configs
+    """Every configured deployment by name, small tier first: `worker` (WORKER_URL) always,
+    `space` when SPACE_URL is set, and those of SMALL_DEPLOYMENTS and LLM_DEPLOYMENTS."""
+    return {d.name: BackendConfig(d.name, d.url, d.headers(), d.model, d.kind)
+            for d in settings.deployments}
 
 
 class Backend:
@@ -97,6 +85,7 @@ class Backend:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.kind = config.kind
         self.connect_timeout_s = connect_timeout_s
         self._transport = transport
         self._clients = [self._new_client()]
@@ -165,8 +154,9 @@ class Backend:
                         raise BackendProtocolError(f"{self.name}: answer over {MAX_ANSWER_BYTES} "
                                                    "bytes", backend=self.name)
         except httpx.HTTPError as exc:
-            raise translate_httpx_error(exc, self.name) from None
-        return classify_response(response.status_code, response.headers, bytes(body), self.name)
+            raise translate_httpx_error(exc, self.name, self.kind) from None
+        return classify_response(response.status_code, response.headers, bytes(body), self.name,
+                                 self.kind)
 
     async def open_stream(self, method: str, path: str, *, timeout_s: float,
                           first_token_s: float, json_body: dict[str, Any]) -> OpenStream:
@@ -194,12 +184,13 @@ class Backend:
                                  sent=sent.sent) from None
         except httpx.HTTPError as exc:
             await stack.aclose()
-            raise translate_httpx_error(exc, self.name) from None
+            raise translate_httpx_error(exc, self.name, self.kind) from None
         except BaseException:
             await stack.aclose()
             raise
         await stack.aclose()
-        payload = classify_response(response.status_code, response.headers, body, self.name)
+        payload = classify_response(response.status_code, response.headers, body, self.name,
+                                    self.kind)
         # A backend that ignored `stream: true` and answered JSON: relay it as one stream.
         return OpenStream(self.name, None, stack, payload)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -18,11 +18,14 @@ from router._errors import (
     BackendServerError,
     BackendTimeout,
     BackendUnavailable,
+    EndpointStarting,
     SpaceSleeping,
     SpaceStarting,
 )
 
-BackendName = Literal["worker", "space"]
+# A deployment's configured name (router/_deployments.py): `worker`, `space`, or one of
+# SMALL_DEPLOYMENTS and LLM_DEPLOYMENTS.
+BackendName = str
 
 # (error class, sent?, retryable?). Looked up along the MRO, so a
 # subclass httpx adds later still lands on its parent's row; a test pins full coverage.
@@ -51,7 +54,8 @@ _HTTPX_ERRORS: dict[type[httpx.HTTPError], tuple[type[BackendError], bool, bool]
 }
 
 
-def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName) -> BackendError:
+def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName, kind: str = "worker"
+                          ) -> BackendError:
     """Map any httpx error to our tree, without its message (which may hold a URL)."""
     for klass in type(exc).__mro__:
         if klass in _HTTPX_ERRORS:
@@ -60,7 +64,7 @@ def translate_httpx_error(exc: httpx.HTTPError, backend: BackendName) -> Backend
     else:  # pragma: no cover - httpx.HTTPError is in the table
         error_class, sent, retryable = BackendUnavailable, True, False
     # A Space that does not even accept the connection in time is most likely starting up.
-    if backend == "space" and isinstance(exc, httpx.ConnectTimeout):
+    if kind == "space" and isinstance(exc, httpx.ConnectTimeout):
         error_class = SpaceStarting
     return error_class(f"{backend}: {type(exc).__name__}", backend=backend, sent=sent,
                        retryable=retryable)
@@ -117,19 +121,22 @@ def provider_error(body: bytes) -> tuple[str | None, str | None]:
     return safe_code, raw_message
 
 
-def classify_response(status: int, headers: httpx.Headers, body: bytes, backend: BackendName
-                      ) -> dict[str, Any]:
+def classify_response(status: int, headers: httpx.Headers, body: bytes, backend: BackendName,
+                      kind: str = "worker") -> dict[str, Any]:
     """Return the JSON object of a good answer (`body`, read whole and decoded), or raise the
-    error that the answer means."""
+    error that the answer means (`kind`: the deployment's, router/_deployments.py)."""
     ctype = headers.get("content-type", "").lower()
     looks_html = "html" in ctype or body.lstrip()[:1] == b"<"
     retry_after = _retry_after(headers)
-    if backend == "space" and (looks_html or status in (502, 503, 504)):
+    if kind in ("space", "endpoint") and (looks_html or status in (502, 503, 504)):
         # Hugging Face's edge answers a sleeping Space with 200 and an HTML page; starting or
-        # broken Spaces answer 502/503/504 or HTML. None of these is a model reply.
-        kind = SpaceSleeping if b"sleeping" in body.lower() else SpaceStarting
-        raise kind(f"space: not ready (HTTP {status})", backend=backend, sent=False,
-                   retry_after_s=retry_after, status=status)
+        # broken Spaces answer 502/503/504 or HTML. An endpoint's proxy answers 503 while a
+        # replica initializes (scaled to zero, the request starts one) and 502/503 while
+        # paused. None of these is a model reply.
+        error = EndpointStarting if kind == "endpoint" else \
+            SpaceSleeping if b"sleeping" in body.lower() else SpaceStarting
+        raise error(f"{backend}: not ready (HTTP {status})", backend=backend, sent=False,
+                    retry_after_s=retry_after, status=status)
     if status == 429:
         raise BackendRateLimited(f"{backend}: rate limited", backend=backend, sent=False,
                                  retryable=retry_after is not None, retry_after_s=retry_after,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,11 +17,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from router._deployments import Deployment, build, check_url, parse, token_variables
 from router._errors import ConfigError
 
 DEFAULT_TASK_WORDS = (
@@ -46,6 +50,9 @@ def is_unset(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() in ("", "none")
 
 
+_SPEC_FIELDS = frozenset({"small_deployments", "llm_deployments"})
+
+
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -67,6 +74,11 @@ class Settings(BaseModel):
     space_id: str = ""
     hf_token: str = ""
     hf_endpoint: str = "https://huggingface.co"
+    # More deployments per tier (router/_deployments.py): `name key=value ...; name ...`.
+    small_deployments: str = ""
+    llm_deployments: str = ""
+    # The Inference Endpoints API (huggingface_hub hard-codes it; tests point it at a fake).
+    hf_endpoints_api: str = "https://api.endpoints.huggingface.cloud/v2"
 
     # Deadlines, in milliseconds.
     router_deadline_ms: PositiveMs = 25_000
@@ -134,6 +146,10 @@ class Settings(BaseModel):
     space_hardware: str = "t4-small"
     warmup_timeout_ms: PositiveMs = 3_000
 
+    # The values of the variables the deployments name for their tokens (`token=SPACE_B_TOKEN`),
+    # read from the environment by `from_env` with everything else.
+    _named_secrets: dict[str, str] = PrivateAttr(default_factory=dict)
+
     _csv_fields = field_validator(
         "cors_origins", "api_keys", "route_task_words", "model_aliases", "trusted_proxies",
         mode="before"
@@ -164,21 +180,17 @@ class Settings(BaseModel):
         return value
 
     @field_validator("worker_url", "space_url", "hf_endpoint", "ask_url",
-                     "otel_exporter_otlp_endpoint")
+                     "otel_exporter_otlp_endpoint", "hf_endpoints_api")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value:
-            return value
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        try:
-            parts = urlsplit(value)
-            _ = parts.port  # raises on a port out of range
-        except ValueError:
-            raise ValueError("not a URL") from None
-        if not parts.hostname or any(char <= " " or char == "\x7f" for char in value):
-            raise ValueError("not a URL")
-        return value.rstrip("/")
+        return check_url(value) if value else value
+
+    @field_validator("small_deployments", "llm_deployments")
+    @classmethod
+    def _deployment_specs(cls, value: str, info: ValidationInfo) -> str:
+        # The shape alone here; the tokens it names are resolved in `deployments`.
+        parse(value, str(info.field_name).upper())
+        return value
 
     @field_validator("client_token_secret")
     @classmethod
@@ -252,15 +264,33 @@ class Settings(BaseModel):
     def _lower_words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(word.lower() for word in value)
 
+    @cached_property
+    def deployments(self) -> tuple[Deployment, ...]:
+        """Every deployment, small tier first (router/_deployments.py); ConfigError naming the
+        bad entry. `from_env` builds them once, so a bad one stops the start, not a request."""
+        shorthand = [Deployment("worker", "small", "worker", self.worker_url,
+                                self.worker_token, model=self.worker_model)]
+        if self.space_url:
+            shorthand.append(Deployment("space", "llm", "space", self.space_url,
+                                        self.space_token, model=self.space_model,
+                                        hub_id=self.space_id, hub_token=self.hf_token))
+        try:
+            return build(shorthand, {"small": self.small_deployments,
+                                     "llm": self.llm_deployments},
+                         {"small": self.worker_model, "llm": self.space_model},
+                         lambda name: self._named_secrets.get(name, ""))
+        except ValueError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from None
+
     @property
     def has_space(self) -> bool:
-        """Whether a Space is configured at all."""
-        return bool(self.space_url)
+        """Whether the LLM tier has a deployment at all (else `llm` goes to the small tier)."""
+        return any(d.tier == "llm" for d in self.deployments)
 
     @property
     def can_wake(self) -> bool:
-        """Whether the router holds what `restart_space` needs."""
-        return bool(self.space_id and self.hf_token)
+        """Whether the router holds what waking a Space or an endpoint through the Hub needs."""
+        return any(d.can_wake for d in self.deployments)
 
     def aliases(self) -> dict[str, str]:
         """Extra model names from MODEL_ALIASES (`name=small,other=llm`), mapped to a target."""
@@ -275,8 +305,10 @@ class Settings(BaseModel):
         values = (self.worker_token, self.space_token, self.hf_token, self.worker_url,
                   self.space_url, self.client_token_secret, self.redis_url,
                   urlsplit(self.redis_url).password or "", *self.api_keys,
-                  self.otel_exporter_otlp_headers, *self.otel_header_values())
-        return tuple(v for v in values if len(v) >= 4)
+                  self.otel_exporter_otlp_headers, *self.otel_header_values(),
+                  *self._named_secrets.values(),
+                  *(value for d in self.deployments for value in (d.url, d.token, d.hub_token)))
+        return tuple(dict.fromkeys(v for v in values if len(v) >= 4))
 
     def otel_header_values(self) -> tuple[str, ...]:
         """The values of OTEL_EXPORTER_OTLP_HEADERS (`k=v,k=v`): a collector's credentials."""
@@ -285,9 +317,10 @@ class Settings(BaseModel):
 
     def private_hosts(self) -> tuple[str, ...]:
         """The backends' and Redis' host names: kept out of answers even without a scheme."""
-        hosts = (urlsplit(url).hostname or "" for url in (self.worker_url, self.space_url,
-                                                            self.redis_url))
-        return tuple(host for host in hosts if len(host) >= 4)
+        urls = (self.worker_url, self.space_url, self.redis_url,
+                *(d.url for d in self.deployments))
+        hosts = (urlsplit(url).hostname or "" for url in urls)
+        return tuple(dict.fromkeys(host for host in hosts if len(host) >= 4))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -295,8 +328,20 @@ class Settings(BaseModel):
         fields = cls.model_fields
         raw = {name: env[name.upper()] for name in fields if env.get(name.upper(), "") != ""}
         try:
-            return cls.model_validate(raw)
+            settings = cls.model_validate(raw)
         except ValidationError as exc:
-            # Name the variables only: their values may be secrets.
-            names = sorted({str(err["loc"][0]).upper() for err in exc.errors() if err["loc"]})
-            raise ConfigError(f"invalid or missing settings: {', '.join(names)}") from None
+            # Name the variables only: their values may be secrets. The deployments' own
+            # messages name an entry and a key, never a value, and are kept.
+            errors = [err for err in exc.errors() if err["loc"]]
+            detail = [str(err["ctx"]["error"]) for err in errors
+                      if err["loc"][0] in _SPEC_FIELDS and "ctx" in err]
+            names = sorted({str(err["loc"][0]).upper() for err in errors} - {
+                name.upper() for name in _SPEC_FIELDS if detail})
+            parts = ([f"invalid or missing settings: {', '.join(names)}"] if names else []) \
+                + [f"invalid settings: {item}" for item in detail]
+            raise ConfigError("; ".join(parts)) from None
+        named = token_variables(settings.small_deployments, settings.llm_deployments)
+        settings._named_secrets = {name: env[name] for name in named
+                                   if not is_unset(env.get(name, ""))}
+        _ = settings.deployments  # every entry checked now, at the edge
+        return settings

@@ -17,7 +17,9 @@ from typing import Any
 
 from router._attempts import Answer, ChatStream, Collected, JsonCall
 from router._backends import BackendConfig, BackendName
+from router._choice import Route
 from router._config import Settings
+from router._deployments import by_tier
 from router._errors import AnswerTooLarge, BackendProtocolError, ResponseTooLarge
 from router._fallback import FallbackEngine
 from router._http_types import Exchange, HttpResponse
@@ -83,10 +85,10 @@ def _fitting(response: HttpResponse) -> HttpResponse:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What a chat will try: the backend order, each backend's body, and the caller's GPU
-    budget (asked before every Space attempt)."""
+    """What a chat will try: its route through the deployments, each one's body, and the
+    caller's GPU budget (asked before every attempt on the LLM tier)."""
 
-    order: list[BackendName]
+    route: Route
     body_for: Callable[[BackendConfig], dict[str, Any]]
     budget: SpaceBudget
 
@@ -100,16 +102,22 @@ class Endpoints:
         self.engine = engine
         self.policy = policy
         self.quotas = quotas
-        self.has_space = "space" in engine.backends
-        # Outside WARM_SCHEDULE with OFF_HOURS=fallback, the Space is left to sleep.
+        tiers = by_tier(settings.deployments)
+        self.small, self.llm = tiers["small"], tiers["llm"]
+        self.has_space = bool(self.llm)
+        # Outside WARM_SCHEDULE with OFF_HOURS=fallback, the Spaces and endpoints are left to
+        # sleep (the LLM tier's always-on servers still serve).
         self.space_hours = SpaceHours(settings.warm_schedule, settings.off_hours)
+        self.llm_off_hours = tuple(d for d in self.llm if not d.sleeps)
         self.limits = StreamLimits(settings.first_token_timeout_ms / 1000.0,
                                    settings.stream_stall_timeout_ms / 1000.0)
 
-    def _order(self, first: BackendName) -> list[BackendName]:
-        if not self.has_space or not self.space_hours.space_allowed():
-            return ["worker"]
-        return ["space", "worker"] if first == "space" else ["worker", "space"]
+    def _route(self, first: str, llm_hours: bool) -> Route:
+        """The tiers in order: the policy's choice (`space`: the LLM tier) first; outside the
+        LLM tier's hours (`llm_hours` false), without its Spaces and endpoints."""
+        llm = self.llm if llm_hours else self.llm_off_hours
+        return Route(self.engine.balancer, (llm, self.small) if first == "space"
+                     else (self.small, llm))
 
     def _plan(self, chat: ChatRequest, ex: Exchange) -> Plan:
         check_messages(chat.messages, self.settings)
@@ -120,17 +128,19 @@ class Endpoints:
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return chat.upstream_body(config.model, max_tokens)
 
-        order = self._order(decision.target)
-        # Answered by the worker on purpose: the Space sleeps off hours. (Over the GPU budget
-        # the loop skips the Space itself, on every path that would reach it: `quota`.)
-        if decision.target == "space" and order == ["worker"] and self.has_space:
+        # Answered by the small tier on purpose: the LLM tier sleeps off hours. (Over the GPU
+        # budget the loop skips the LLM tier itself, on every path that would reach it:
+        # `quota`.)
+        llm_hours = self.space_hours.space_allowed()
+        if decision.target == "space" and self.llm and not (llm_hours or self.llm_off_hours):
             ex.record.on_purpose = "off_hours"
-        return Plan(order, body_for, self.quotas.budget(ex.subject))
+        return Plan(self._route(decision.target, llm_hours), body_for,
+                    self.quotas.budget(ex.subject))
 
     async def _collect(self, chat: ChatRequest, ex: Exchange) -> Answer:
         plan = self._plan(chat, ex)
         source = Collected(ChatStream(plan.body_for, self.limits, live=False), require_fits)
-        return await self.engine.answer(plan.order, source, ex.deadline, ex.record,
+        return await self.engine.answer(plan.route, source, ex.deadline, ex.record,
                                         plan.budget)
 
     async def _live(self, chat: ChatRequest, ex: Exchange) -> HttpResponse:
@@ -138,7 +148,7 @@ class Endpoints:
         deadline = ex.deadline.stretched_to(self.settings.stream_deadline_ms / 1000.0)
         plan = self._plan(chat, ex)
         source = ChatStream(plan.body_for, self.limits, live=True)
-        chunks = self.engine.run(plan.order, source, deadline, ex.record, plan.budget)
+        chunks = self.engine.run(plan.route, source, deadline, ex.record, plan.budget)
         first = await anext(chunks)  # a failure before any chunk is an ordinary error answer
         ex.record.streamed = True
         return HttpResponse(200, "", dict(SSE_HEADERS),
@@ -168,9 +178,10 @@ class Endpoints:
         def check(payload: dict[str, Any], backend: BackendName) -> None:
             require_embeddings(payload, backend, len(inputs))
 
-        # Only the worker serves embeddings: the Space runs the LLM alone.
+        # Only the small tier serves embeddings: the LLM tier runs the LLM alone.
         source = JsonCall("/v1/embeddings", body_for, check, idempotent=True)
-        return await self.engine.answer(["worker"], source, ex.deadline, ex.record)
+        return await self.engine.answer(Route(self.engine.balancer, (self.small,)), source,
+                                        ex.deadline, ex.record)
 
     async def embeddings(self, ex: Exchange) -> HttpResponse:
         """POST /v1/embeddings."""
@@ -183,7 +194,9 @@ class Endpoints:
 
     async def models(self, ex: Exchange) -> HttpResponse:
         """GET /v1/models: every name a caller may send, and what serves it."""
-        served = {"worker": "worker", "space": "space" if self.has_space else "worker"}
+        # The deployments that serve each tier, by name (one name: the shorthand's words).
+        small = ",".join(d.name for d in self.small)
+        served = {"worker": small, "space": ",".join(d.name for d in self.llm) or small}
         data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "chat-router",
                  "served_by": "policy"}]
         data += [{"id": name, "object": "model", "created": 0, "owned_by": "chat-router",

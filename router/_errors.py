@@ -133,16 +133,28 @@ class BackendUnavailable(BackendError):
     reason = "unavailable"
 
 
-class SpaceSleeping(BackendError):
+class NotReady(BackendError):
+    """A Space or an Inference Endpoint that is not running (asleep, starting, scaled to zero,
+    paused): it answers fast, and is worth a wake and an early probe."""
+
+
+class SpaceSleeping(NotReady):
     """The Space answered with Hugging Face's sleeping page."""
 
     reason = "space_sleeping"
 
 
-class SpaceStarting(BackendError):
+class SpaceStarting(NotReady):
     """The Space is starting or broken: 502/503/504, or a non-JSON page."""
 
     reason = "space_starting"
+
+
+class EndpointStarting(NotReady):
+    """An Inference Endpoint is not serving: Hugging Face's proxy answers 503 while a replica
+    initializes (after a scale to zero, a request starts one), and 502 or 503 when paused."""
+
+    reason = "endpoint_starting"
 
 
 class BackendServerError(BackendUnavailable):

@@ -1,12 +1,14 @@
-"""The fallback engine: the one loop that tries backends in order inside one deadline.
+"""The fallback engine: the one loop that tries deployments in turn inside one deadline.
 
 Every request to a backend goes through `FallbackEngine.run`: a chat streamed to the client as
 it comes, a chat collected into one answer (the function's, and the service's `stream: false`),
 and embeddings. What differs between them is the `Source` (router/_attempts.py): what one
-attempt on one backend sends, reads and hands on. The policy is here, once: the order, each
-backend's share of the deadline, the breaker and its probe slot, the caller's GPU budget, the
-verdict on a failure (the caller's fault, a reroute for a longer context, or the backend's),
-the wake of a sleeping Space, and the record of every hop (router/_record.py).
+attempt on one deployment sends, reads and hands on. The policy is here, once: which
+deployment next (its `Route`, router/_choice.py: weighted least-busy within a tier, the rest of
+the tier, then the other tier), each one's share of the deadline, its breaker and probe slot,
+the caller's GPU budget, the verdict on a failure (the caller's fault, a reroute for a longer
+context, or the deployment's), the wake of a sleeping one, and the record of every hop
+(router/_record.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol, TypeGuard, TypeVar
 
 from router._backends import Backend, BackendName
 from router._breaker import CircuitBreaker
+from router._choice import Balancer, Route
 from router._classify import rejected_detail, scrub_message
 from router._config import Settings
 from router._deadline import Deadline
@@ -30,24 +33,24 @@ from router._errors import (
     DeadlineExceeded,
     NoBackend,
     NoTimeLeft,
+    NotReady,
     OverBudget,
     ResponseTooLarge,
     RouterError,
-    SpaceSleeping,
-    SpaceStarting,
 )
 from router._quota import SpaceBudget
 from router._record import Hop, RequestRecord
 from router._stream_read import StreamOutOfTime
 from router._telemetry import Observer
-from router._wake import SpaceWaker
+from router._wake import Waker
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
-# Space failures that mean "not running": worth a (rate-limited, stage-checked) wake.
-WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "timeout", "unavailable",
-                          "circuit_open"})
+# Failures of a Space or an endpoint that mean "not running": worth a (rate-limited,
+# stage-checked) wake.
+WAKE_REASONS = frozenset({"space_sleeping", "space_starting", "endpoint_starting", "timeout",
+                          "unavailable", "circuit_open"})
 # A backend's 4xx that is the caller's fault: answering it from another backend would not help,
 # so it reaches the caller (a 404 too: a model or route the caller named). Not among them: 401
 # and 403 (our own token for that backend is wrong), 408 and 429 (the backend's state).
@@ -121,102 +124,112 @@ def rejected_error(exc: BackendRejected, settings: Settings) -> BadRequest:
 
 
 class FallbackEngine:
-    """Per-container: the backends, their breakers and the wake path."""
+    """Per-container: the deployments' clients, breakers, in-flight counts and wake paths."""
 
     def __init__(self, settings: Settings, backends: Mapping[BackendName, Backend],
-                 waker: SpaceWaker) -> None:
+                 wakers: Mapping[BackendName, Waker]) -> None:
         self.settings = settings
         self.backends = backends
-        self.waker = waker
+        self.wakers = wakers
         self.breakers = {name: CircuitBreaker(settings.breaker_failures,
                                               settings.breaker_cooldown_s)
                          for name in backends}
+        self.balancer = Balancer(settings.deployments, self._circuit_open)
         self.observer = Observer()  # the router's observers (router/_telemetry.py)
 
-    async def run(self, order: Sequence[BackendName], source: Source[T], deadline: Deadline,
+    def _circuit_open(self, name: BackendName) -> bool:
+        return self.breakers[name].state == "open"
+
+    async def run(self, route: Route, source: Source[T], deadline: Deadline,
                   record: RequestRecord, budget: SpaceBudget | None = None
                   ) -> AsyncGenerator[T, None]:
-        """The items of one answer: from the first backend in `order` that the breakers and
-        `budget` (the caller's GPU budget) admit and that answers within the deadline; after
-        a failure part-way, from the next, as `source` continues it. Each hop goes into
-        `record`. Read it to its end: the backend's verdict is given when its items end.
+        """The items of one answer: from the first deployment `route` offers that the breakers
+        and `budget` (the caller's GPU budget) admit and that answers within the deadline;
+        after a failure part-way, from the next, as `source` continues it. Each hop goes into
+        `record`. Read it to its end: the deployment's verdict is given when its items end.
 
-        A wake of the Space runs on its own thread and is never awaited here: the answer does
-        not wait for the Hub (the function's edge gives it a bounded moment to leave).
+        A wake runs on its own thread and is never awaited here: the answer does not wait for
+        the Hub (the function's edge gives it a bounded moment to leave).
         """
         retry_after = 0.0
         too_large = False
         delivered = False  # the consumer holds part of an answer
-        for index, name in enumerate(order):
-            if deadline.expired():
-                break
-            try:
-                await self.admit_within(name, budget)
-            except (CircuitOpen, OverBudget) as exc:
-                record.skip(name, exc.reason)
-                retry_after = max(retry_after, exc.retry_after_s or 0.0)
-                continue
-            is_last = index == len(order) - 1
-            hop = record.turn_to(name)
-            items = source.attempt(Turn(self.backends[name], hop, deadline,
-                                        deadline.end - self.reserve_s(deadline, is_last),
-                                        self.settings.retry_attempts))
-            try:
-                async for item in items:
-                    hop.answered = delivered = True
-                    yield item
-            except BackendError as exc:
-                if refused_request(exc) and not delivered:
-                    self.breakers[name].record_success()  # the backend is fine; the request not
-                    if exc.provider_code == CONTEXT_TOO_LONG and not is_last:
-                        hop.reason = CONTEXT_TOO_LONG  # the next may have a larger window
-                        continue
-                    raise rejected_error(exc, self.settings) from None
-                hop.reason = exc.reason
-                too_large = isinstance(exc, ResponseTooLarge)
-                if exc.retry_after_s is not None:
-                    retry_after = max(retry_after, exc.retry_after_s)
-                self.note_failure(name, exc, deadline)
-                if isinstance(exc, StreamOutOfTime) and delivered:
-                    # The caller's time is up mid-answer: no other backend can start now.
-                    raise DeadlineExceeded("the deadline ended before the answer did",
-                                           reasons=tuple(record.reasons())) from None
-                continue
-            except BaseException:
-                # No verdict on the backend: the caller went away, or something that is no
-                # backend's failure broke the attempt. Either way, a probe slot goes back.
-                self.breakers[name].release()
-                raise
+        while (deployment := route.next()) is not None:
+            name = deployment.name
+            try:  # the lease `route.next` took is given back however this turn ends
+                if deadline.expired():
+                    break
+                try:
+                    await self.admit_within(name, budget, gpu=deployment.tier == "llm")
+                except (CircuitOpen, OverBudget) as exc:
+                    record.skip(name, exc.reason)
+                    retry_after = max(retry_after, exc.retry_after_s or 0.0)
+                    continue
+                is_last = not route.has_more()
+                hop = record.turn_to(name)
+                items = source.attempt(Turn(self.backends[name], hop, deadline,
+                                            deadline.end - self.reserve_s(deadline, is_last),
+                                            self.settings.retry_attempts))
+                try:
+                    async for item in items:
+                        hop.answered = delivered = True
+                        yield item
+                except BackendError as exc:
+                    if refused_request(exc) and not delivered:
+                        self.breakers[name].record_success()  # the backend is fine
+                        if exc.provider_code == CONTEXT_TOO_LONG and not is_last:
+                            hop.reason = CONTEXT_TOO_LONG  # one with a larger window may not
+                            route.refused_as_too_long(deployment)
+                            continue
+                        raise rejected_error(exc, self.settings) from None
+                    hop.reason = exc.reason
+                    too_large = isinstance(exc, ResponseTooLarge)
+                    if exc.retry_after_s is not None:
+                        retry_after = max(retry_after, exc.retry_after_s)
+                    self.note_failure(name, exc, deadline)
+                    if isinstance(exc, StreamOutOfTime) and delivered:
+                        # The caller's time is up mid-answer: no other backend can start now.
+                        raise DeadlineExceeded("the deadline ended before the answer did",
+                                               reasons=tuple(record.reasons())) from None
+                    continue
+                except BaseException:
+                    # No verdict on the backend: the caller went away, or something that is
+                    # no backend's failure broke the attempt. Either way, a probe slot goes
+                    # back.
+                    self.breakers[name].release()
+                    raise
+                finally:
+                    await items.aclose()  # now, not at garbage collection: it hangs up
+                self.breakers[name].record_success()
+                return
             finally:
-                await items.aclose()  # now, not at garbage collection: it hangs up the backend
-            self.breakers[name].record_success()
-            return
+                self.balancer.release(name)
         raise no_answer(record.reasons(), retry_after, deadline, too_large=too_large,
                         budget=budget)
 
-    async def answer(self, order: Sequence[BackendName], source: Source[T], deadline: Deadline,
+    async def answer(self, route: Route, source: Source[T], deadline: Deadline,
                      record: RequestRecord, budget: SpaceBudget | None = None) -> T:
         """The one item of a source that hands on a whole answer (`run`, read to its end)."""
-        answers = [item async for item in self.run(order, source, deadline, record, budget)]
+        answers = [item async for item in self.run(route, source, deadline, record, budget)]
         return answers[-1]
 
     def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
-        """A failed attempt: count it on the backend's breaker (if it is evidence against the
-        backend) and ask the Space to wake when the failure says it is not running."""
+        """A failed attempt: count it on the deployment's breaker (if it is evidence against
+        it) and ask for a wake when the failure says it is not running."""
         self.observer.attempt_failed(name, exc.reason)
         breaker = self.breakers[name]
         if not counts_against(exc, deadline):
             breaker.release()
             return
-        # A Space that says it is asleep or starting answers such probes in milliseconds,
-        # and comes back soon after a wake: probe it sooner.
-        not_ready = isinstance(exc, SpaceSleeping | SpaceStarting)
-        breaker.record_failure(self.settings.space_probe_s if not_ready else None)
+        # A Space or an endpoint that says it is asleep or starting answers such probes in
+        # milliseconds, and comes back soon after a wake: probe it sooner.
+        breaker.record_failure(self.settings.space_probe_s if isinstance(exc, NotReady)
+                               else None)
         self._maybe_wake(name, exc.reason)
 
     def admit(self, name: BackendName) -> None:
-        """Raise CircuitOpen (with the seconds until its probe) when the backend is skipped
-        for now; a wake is asked for then, if it is the Space."""
+        """Raise CircuitOpen (with the seconds until its probe) when the deployment is skipped
+        for now; a wake is asked for then, if it sleeps."""
         breaker = self.breakers[name]
         if breaker.allow():
             return
@@ -224,12 +237,14 @@ class FallbackEngine:
         raise CircuitOpen(f"{name}: circuit open", backend=name, sent=False,
                           retry_after_s=breaker.retry_after_s())
 
-    async def admit_within(self, name: BackendName, budget: SpaceBudget | None) -> None:
-        """`admit`, then the caller's GPU budget: raise OverBudget when it keeps the request
-        from the backend (counted only for an attempt that would really go out)."""
+    async def admit_within(self, name: BackendName, budget: SpaceBudget | None, *,
+                           gpu: bool) -> None:
+        """`admit`, then the caller's GPU budget (asked for an LLM deployment, `gpu`): raise
+        OverBudget when it keeps the request from it (counted only for an attempt that would
+        really go out)."""
         self.admit(name)
         try:
-            allowed = budget is None or await budget.admit(name)
+            allowed = budget is None or await budget.admit(gpu)
         except BaseException:
             self.breakers[name].release()  # a probe slot taken by `admit` goes back unused
             raise
@@ -243,9 +258,17 @@ class FallbackEngine:
                                        deadline.remaining() / 2)
 
     def _maybe_wake(self, name: BackendName, reason: str) -> None:
-        if name == "space" and reason in WAKE_REASONS:
-            self.waker.request(reason)
+        waker = self.wakers.get(name)
+        if waker is not None and reason in WAKE_REASONS:
+            waker.request(reason)
+
+    def settle_wakes(self, timeout_s: float) -> float:
+        """Wait up to `timeout_s` in all for wakes still in flight; the seconds waited."""
+        waited = 0.0
+        for waker in self.wakers.values():
+            waited += waker.settle(max(0.0, timeout_s - waited))
+        return waited
 
     def breaker_states(self) -> dict[str, str]:
-        """Each backend's circuit state, for `/health`."""
+        """Each deployment's circuit state, for `/health` and the metrics."""
         return {name: breaker.state for name, breaker in self.breakers.items()}

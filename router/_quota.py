@@ -22,10 +22,12 @@ KEY_PREFIX = "chat-router:quota:"
 class SpaceBudget:
     """One request's claim on its subject's GPU budget (LLM_RATE_LIMIT_PER_MINUTE).
 
-    The engine asks `admit` before every attempt that would go to a backend, whatever sent it
-    there (first choice, a context-length fallback, a circuit-open fallback, a stream
-    failover); only the Space's are counted, once per request. Over the limit the Space is
-    skipped and `refusal` holds the 429 for a request that no other backend can serve.
+    The engine asks `admit` before every attempt that would go to a deployment, whatever sent
+    it there (first choice, the next of the tier, a context-length fallback, a circuit-open
+    fallback, a stream failover); those on the LLM tier (every Space, endpoint or other LLM
+    deployment: one budget for them all) are counted, once per request. Over the limit the
+    LLM tier is skipped and `refusal` holds the 429 for a request that no other backend can
+    serve.
     """
 
     def __init__(self, quotas: Quotas, subject: str) -> None:
@@ -34,9 +36,10 @@ class SpaceBudget:
         self.refusal: RateLimited | None = None
         self._allowed: bool | None = None
 
-    async def admit(self, backend: str) -> bool:
-        """Whether this request may go to `backend` now (counted on its first Space attempt)."""
-        if backend != "space" or not self.quotas.llm_limit:
+    async def admit(self, gpu: bool) -> bool:
+        """Whether this request may go to a deployment now, `gpu` when it is on the LLM tier
+        (counted on its first attempt there)."""
+        if not gpu or not self.quotas.llm_limit:
             return True
         if self._allowed is None:
             window = await self.quotas.counter.hit(KEY_PREFIX + "llm:" + self.subject, WINDOW_S)

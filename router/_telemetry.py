@@ -1,5 +1,8 @@
 """What the router tells an observer: each request (router/_record.py), failure and wake.
 
+Every `backend` it names is a configured deployment's name (router/_deployments.py), so the
+labels an observer makes from them stay a bounded set.
+
 The runtime only calls these hooks; it counts nothing itself. The service installs its
 Prometheus metrics (router_service/_metrics.py) as the observer; the function installs none,
 so its cold start and its answers pay for nothing but a check of `active` per request (the
@@ -62,8 +65,9 @@ class Observer:
     def attempt_failed(self, backend: str, reason: str) -> None:
         """A backend failed the request (after any retries): why, as `X-Chat-Fallback` says."""
 
-    def wake_checked(self, reason: str, stage: str, restarted: bool) -> None:
-        """A wake of the Space was tried: the stage seen (`error` when the Hub failed)."""
+    def wake_checked(self, backend: str, reason: str, stage: str, restarted: bool) -> None:
+        """A wake of a Space or an endpoint (`backend`, its name) was tried: the stage or
+        status seen (`error` when the Hub failed), and whether it was restarted or resumed."""
 
     def flush(self, timeout_s: float) -> None:
         """Send what is buffered, waiting at most `timeout_s` (the function, before it
@@ -92,10 +96,10 @@ class Observers(Observer):
         for member in self.members:
             member.attempt_failed(backend, reason)
 
-    def wake_checked(self, reason: str, stage: str, restarted: bool) -> None:
+    def wake_checked(self, backend: str, reason: str, stage: str, restarted: bool) -> None:
         """Each member's `wake_checked`."""
         for member in self.members:
-            member.wake_checked(reason, stage, restarted)
+            member.wake_checked(backend, reason, stage, restarted)
 
     def flush(self, timeout_s: float) -> None:
         """Each member's `flush`, within one `timeout_s` in all."""

@@ -142,7 +142,8 @@ class Tracer(Observer):
 
     def __init__(self, settings: Settings, *,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.models = {"worker": settings.worker_model, "space": settings.space_model}
+        # Each deployment's served model, by its configured name.
+        self.models = {d.name: d.model for d in settings.deployments}
         self.exporter = OtlpExporter(settings, {"attributes": _attributes({
             "service.name": settings.otel_service_name, "telemetry.sdk.language": "python"})},
             transport=transport)

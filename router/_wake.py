@@ -1,8 +1,10 @@
-"""Waking the Space: the Hub's restart endpoint, rate-limited per container, never blocking.
+"""Waking a sleeping deployment: a Space (the Hub's restart) or an Inference Endpoint (resume),
+rate-limited per deployment and per container, never blocking the answer.
 
-`HubRest` speaks the two Hub endpoints the router needs with httpx, so that the `ask` function
-never imports huggingface_hub. Its methods have the same names and meaning as
-`huggingface_hub.HfApi`'s, so `wake_space` works with either client.
+`HubRest` speaks the two Space endpoints the router needs with httpx, and
+`router/_endpoint_api.py` the endpoint's two, so that the `ask` function never imports
+huggingface_hub. Their methods have the names and meaning of `huggingface_hub.HfApi`'s, so
+`wake_space` and `wake_endpoint` work with either client.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import httpx
-
-from router._backends import shared_tls
 from router._config import Settings
+from router._deployments import Deployment
+from router._hub_rest import HubError as HubError  # re-exported: the name callers use
+from router._hub_rest import RestClient
 
 log = logging.getLogger("router.wake")
 
@@ -28,14 +30,6 @@ WAKE_STAGES = frozenset({"SLEEPING", "STOPPED", "PAUSED", "RUNTIME_ERROR"})
 READY_STAGES = frozenset({"RUNNING"})
 STARTING_STAGES = frozenset({"BUILDING", "RUNNING_BUILDING", "APP_STARTING",
                              "RUNNING_APP_STARTING"})
-
-
-class HubError(Exception):
-    """The Hub refused or failed a call; `status` is its HTTP status, if any."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class SpaceHub(Protocol):
@@ -57,45 +51,19 @@ class Runtime:
     raw: dict[str, Any]
 
 
-class HubRest:
-    """A minimal Hub client over httpx: runtime and restart, nothing else."""
-
-    def __init__(self, endpoint: str, token: str, *, timeout_s: float = 5.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self._client = httpx.Client(
-            base_url=endpoint, headers={"authorization": f"Bearer {token}"},
-            timeout=timeout_s,
-            transport=transport or httpx.HTTPTransport(retries=0, verify=shared_tls()),
-            trust_env=False,
-        )
-
-    def _call(self, method: str, path: str) -> dict[str, Any]:
-        try:
-            response = self._client.request(method, path)
-        except httpx.HTTPError as exc:
-            raise HubError(f"hub unreachable: {type(exc).__name__}") from None
-        if response.status_code >= 400:
-            raise HubError(f"hub answered HTTP {response.status_code}", response.status_code)
-        try:
-            data = response.json()
-        except ValueError:
-            raise HubError("hub answered non-JSON") from None
-        return data if isinstance(data, dict) else {}
-
-    def close(self) -> None:
-        """Close the pooled connection."""
-        self._client.close()
+class HubRest(RestClient):
+    """A minimal Hub client over httpx: a Space's runtime and restart, nothing else."""
 
     def get_space_runtime(self, repo_id: str) -> Runtime:
         """GET /api/spaces/{id}/runtime."""
-        data = self._call("GET", f"/api/spaces/{quote(repo_id, safe='/')}/runtime")
+        data = self.call("GET", f"/api/spaces/{quote(repo_id, safe='/')}/runtime")
         hardware = data.get("hardware")
         current = hardware.get("current") if isinstance(hardware, dict) else None
         return Runtime(str(data.get("stage", "")), current, data)
 
     def restart_space(self, repo_id: str) -> Runtime:
         """POST /api/spaces/{id}/restart: works from any stage with a write token."""
-        data = self._call("POST", f"/api/spaces/{quote(repo_id, safe='/')}/restart")
+        data = self.call("POST", f"/api/spaces/{quote(repo_id, safe='/')}/restart")
         return Runtime(str(data.get("stage", "")), None, data)
 
 
@@ -134,28 +102,47 @@ class WakeGate:
             return True
 
 
-class SpaceWaker:
-    """The router's non-blocking wake path, used when a Space answer says it is not ready."""
+Wake = Callable[[], tuple[str, bool]]
 
-    def __init__(self, settings: Settings, hub: SpaceHub | None = None) -> None:
-        self.repo_id = settings.space_id
-        self.enabled = settings.can_wake
+
+class Waker:
+    """One deployment's non-blocking wake path (a Space's restart, an endpoint's resume): at
+    most one per cool-down per container, on its own thread, its Hub client made on the first
+    wake (most containers never need one). `state` is what the last check saw, for /health."""
+
+    def __init__(self, deployment: Deployment, settings: Settings,
+                 hub: SpaceHub | None = None) -> None:
+        self.name = deployment.name
+        self.kind = deployment.kind
+        self.hub_id = deployment.hub_id
+        self.enabled = deployment.can_wake
         self.gate = WakeGate(settings.wake_cooldown_s)
-        self._endpoint = settings.hf_endpoint
-        self._token = settings.hf_token
-        # Made on the first wake, not at cold start: most containers never need it.
-        self.hub: SpaceHub | None = hub
+        self._token = deployment.hub_token
+        self._base = settings.hf_endpoint if deployment.kind == "space" \
+            else settings.hf_endpoints_api
+        # Handed in (tests: a Space's HfApi) or made on the first wake: closed by us only then.
+        self.hub: Any = hub
+        self._own: RestClient | None = None
         self._thread: threading.Thread | None = None
-        # The observer's hook (router/_telemetry.py): reason, stage seen, restarted?
-        self.on_checked: Callable[[str, str, bool], None] | None = None
+        self.state = "unchecked"  # the stage or status the last wake saw (`error`: Hub failed)
+        self.checked_at: float | None = None
+        self.restarted = False
+        # The observer's hook (router/_telemetry.py): deployment, reason, stage seen, woken?
+        self.on_checked: Callable[[str, str, str, bool], None] | None = None
 
     def request(self, reason: str) -> threading.Thread | None:
         """Start a wake in the background if allowed; return its thread, or None."""
         if not self.enabled or not self.gate.claim():
             return None
-        if self.hub is None:
-            self.hub = HubRest(self._endpoint, self._token)
-        thread = threading.Thread(target=self._wake, args=(reason,), name="space-wake",
+        if self.hub is None and self.kind == "space":
+            self._own = self.hub = HubRest(self._base, self._token)
+        elif self.hub is None:
+            # Loaded on an endpoint's first wake: most containers never wake one, and the
+            # `ask` function's cold start should not pay for it.
+            from router._endpoint_api import EndpointRest
+
+            self._own = self.hub = EndpointRest(self._base, self._token)
+        thread = threading.Thread(target=self._wake, args=(reason,), name=f"wake-{self.name}",
                                   daemon=True)
         thread.start()
         self._thread = thread
@@ -175,21 +162,39 @@ class SpaceWaker:
         thread.join(timeout_s)
         return time.monotonic() - started
 
+    def health(self) -> dict[str, Any]:
+        """What /health shows of it: whether it can be woken, and what the last check saw."""
+        if not self.enabled:
+            return {"configured": False}
+        ago = None if self.checked_at is None else round(time.monotonic() - self.checked_at, 1)
+        return {"configured": True, "state": self.state, "woken": self.restarted,
+                "checked_s_ago": ago}
+
     def close(self) -> None:
         """Close our own Hub client (one handed in belongs to the caller)."""
-        if isinstance(self.hub, HubRest):
-            self.hub.close()
+        if self._own is not None:
+            self._own.close()
 
     def _wake(self, reason: str) -> None:
-        assert self.hub is not None
+        from router._endpoint_api import wake_endpoint  # loaded already by `request`
+
+        wake: Wake = (lambda: wake_space(self.hub, self.hub_id)) if self.kind == "space" \
+            else (lambda: wake_endpoint(self.hub, self.hub_id))
+        fields: dict[str, Any] = {"backend": self.name, "reason": reason}
         try:
-            stage, restarted = wake_space(self.hub, self.repo_id)
+            stage, restarted = wake()
         except HubError as exc:
-            log.warning("space wake failed", extra={"fields": {"reason": reason,
-                                                                "hub_status": exc.status}})
+            log.warning("wake failed", extra={"fields": {**fields, "hub_status": exc.status}})
             stage, restarted = "error", False
         else:
-            log.info("space wake checked", extra={"fields": {"reason": reason, "stage": stage,
-                                                             "restarted": restarted}})
+            log.info("wake checked", extra={"fields": {**fields, "stage": stage,
+                                                       "restarted": restarted}})
+        self.state, self.restarted, self.checked_at = stage, restarted, time.monotonic()
         if self.on_checked is not None:
-            self.on_checked(reason, stage, restarted)
+            self.on_checked(self.name, reason, stage, restarted)
+
+
+def wakers(settings: Settings, hub: SpaceHub | None = None) -> dict[str, Waker]:
+    """A Waker for each deployment that sleeps (`hub`, when given, serves the Spaces)."""
+    return {d.name: Waker(d, settings, hub if d.kind == "space" else None)
+            for d in settings.deployments if d.sleeps}

@@ -73,14 +73,14 @@ class RouterMetrics(Observer):
             "router_quota_refusals", "Requests a quota refused (429) or kept from the Space",
             ["quota"], registry=registry)
         self.wakes = Counter(
-            "router_space_wakes", "Wakes of the Space tried, by what the Hub said",
-            ["outcome"], registry=registry)
+            "router_space_wakes", "Wakes of a Space or an endpoint tried, by what the Hub said",
+            ["backend", "outcome"], registry=registry)
         self.wake_seconds = Histogram(
-            "router_space_wake_seconds", "From a restart of the Space to its first answer",
-            buckets=WAKE_BUCKETS, registry=registry)
+            "router_space_wake_seconds", "From a restart (resume) to the deployment's first "
+            "answer", ["backend"], buckets=WAKE_BUCKETS, registry=registry)
         registry.register(_Circuits(circuit_states))
         self._lock = threading.Lock()
-        self._restarted_at: float | None = None
+        self._restarted_at: dict[str, float] = {}
 
     def request_done(self, record: RequestRecord) -> None:
         """Count one answered request."""
@@ -103,22 +103,22 @@ class RouterMetrics(Observer):
             self.quota.labels("requests").inc()
         elif record.fallback == "quota":
             self.quota.labels("gpu").inc()
-        if record.backend == "space" and record.status < 400:
-            self._space_answered()
+        if record.backend is not None and record.status < 400:
+            self._answered(record.backend)
 
-    def wake_checked(self, reason: str, stage: str, restarted: bool) -> None:
-        """Count a wake; a restart starts the clock that the Space's next answer stops."""
-        self.wakes.labels("restarted" if restarted else ("failed" if stage == "error"
-                                                         else "not_needed")).inc()
+    def wake_checked(self, backend: str, reason: str, stage: str, restarted: bool) -> None:
+        """Count a wake; a restart starts the clock that the deployment's next answer stops."""
+        self.wakes.labels(backend, "restarted" if restarted else (
+            "failed" if stage == "error" else "not_needed")).inc()
         if restarted:
             with self._lock:
-                self._restarted_at = self._clock()
+                self._restarted_at[backend] = self._clock()
 
-    def _space_answered(self) -> None:
+    def _answered(self, backend: str) -> None:
         with self._lock:
-            started, self._restarted_at = self._restarted_at, None
+            started = self._restarted_at.pop(backend, None)
         if started is not None:
-            self.wake_seconds.observe(self._clock() - started)
+            self.wake_seconds.labels(backend).observe(self._clock() - started)
 
     def exposition(self) -> bytes:
         """The text `/metrics` answers."""

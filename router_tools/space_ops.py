@@ -255,7 +255,13 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 def _cmd_cost(args: argparse.Namespace) -> int:
     from router import Schedule
-    from router_tools.cost import FunctionUse, cron_runs_per_month, estimate, format_report
+    from router_tools.cost import (
+        FunctionUse,
+        cron_runs_per_month,
+        deployment_cost,
+        estimate,
+        format_report,
+    )
     from router_tools.gateway import function_limits
 
     settings, _ = _settings(args)
@@ -276,9 +282,16 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     schedule = Schedule.parse(args.schedule if args.schedule is not None
                               else settings.warm_schedule)
     sleep_time = args.sleep_time if args.sleep_time is not None else settings.space_sleep_time_s
+    # LLM_DEPLOYMENTS' Spaces and endpoints, each by its `instance` (a Space's hardware
+    # defaults to SPACE_HARDWARE).
+    more = tuple(deployment_cost(d.name, d.kind, d.instance or (
+        settings.space_hardware if d.kind == "space" else ""), schedule,
+        sleep_time_s=sleep_time, scale_to_zero_min=args.scale_to_zero_minutes)
+        for d in settings.deployments if d.sleeps and d.name != "space")
     report = estimate(schedule, hardware=args.hardware or settings.space_hardware,
                       sleep_time_s=sleep_time, functions=functions,
-                      price_per_hour=args.price_per_hour, off_hours=settings.off_hours)
+                      price_per_hour=args.price_per_hour, off_hours=settings.off_hours,
+                      deployments=more, space=bool(settings.space_url) or not more)
     _out(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
     return 0
 
@@ -325,6 +338,8 @@ def add_space_commands(sub: Any) -> None:
     cost.add_argument("--price-per-hour", type=float, default=None)
     cost.add_argument("--sleep-time", type=int, default=None,
                       help="default: SPACE_SLEEP_TIME_S")
+    cost.add_argument("--scale-to-zero-minutes", type=int, default=60,
+                      help="an endpoint's scale-to-zero timeout (Hugging Face's default: 60)")
     cost.add_argument("--requests-per-day", type=float, default=1000.0)
     cost.add_argument("--ask-seconds", type=float, default=1.0)
     cost.add_argument("--warmup-seconds", type=float, default=1.0)

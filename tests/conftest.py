@@ -12,6 +12,7 @@ import pytest
 
 from router._retry import set_backoff
 from router_tools.gateway import load_entry
+from tests.fakes.endpoints import EndpointProxy, FakeEndpoint, FakeEndpointsApi
 from tests.fakes.hub import FakeHub
 from tests.fakes.openai_backend import FakeBackend
 from tests.fakes.stream_backend import StreamBackend
@@ -25,6 +26,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.streams import stream_backends
 
 EVENTS = Path(__file__).parent / "events"
+ENDPOINT_ID = "acme/chat-ep"
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +72,28 @@ def hub() -> Iterator[FakeHub]:
     for app, url in _serve(fake):
         app.url = url
         yield app
+
+
+@pytest.fixture
+def endpoints_api() -> Iterator[FakeEndpointsApi]:
+    """A fake Inference Endpoints API on loopback (`url` ends in /v2, as HF's does)."""
+    fake = FakeEndpointsApi(HF_TOKEN)
+    for app, url in _serve(fake):
+        app.url = url + "/v2"
+        yield app
+
+
+@pytest.fixture
+def endpoint(endpoints_api: FakeEndpointsApi) -> Iterator[EndpointProxy]:
+    """The endpoint `acme/chat-ep` (`.endpoint`: its state in the API), running, behind a
+    proxy that follows that state; the replica (`.backend`) is a FakeBackend named `ep` that
+    takes HF_TOKEN, as a protected endpoint does."""
+    namespace, name = ENDPOINT_ID.split("/")
+    fake = endpoints_api.add(FakeEndpoint(namespace, name))
+    proxy = EndpointProxy(endpoints_api, fake, FakeBackend("ep", token=HF_TOKEN))
+    for _, url in _serve(proxy):
+        fake.url = proxy.url = url
+        yield proxy
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from tests.fakes.asgi import read_request
+from tests.fakes.asgi import read_request, serve_lifespan
 
 # Stages in which the Hub's edge serves the app (an edge fake follows these).
 SERVING = "RUNNING"
@@ -78,12 +78,8 @@ class FakeHub:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].replace("lifespan.", "")
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         raw, headers = await read_request(scope, receive)
         method, path = scope["method"], unquote(scope["path"])
         with self._lock:

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.asgi import read_request
+from tests.fakes.asgi import read_request, serve_lifespan
 
 
 def _plain(value: dict[str, Any]) -> Any:
@@ -64,12 +64,8 @@ class OtlpReceiver:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"].replace("lifespan.", "")
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         body, headers = await read_request(scope, receive)
         ctype = headers.get("content-type", "")
         if scope["path"] != "/v1/traces" or scope["method"] != "POST":

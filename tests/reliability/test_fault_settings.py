@@ -43,7 +43,11 @@ BAD_ROWS = [
     ("WORKER_URL", "http://"), ("SPACE_URL", "http://space host"), ("SPACE_URL", "http://s:99999"),
     ("WORKER_TOKEN", "tok\u00e9n-with-accent"),
 ]
-MISCONFIGURED = re.compile(r"invalid or missing settings: [A-Z_, ]+")
+# A deployment's entry (issue 26) is named in the message too: the variable, the entry (by
+# its name, or its position when the name is bad) and what is wrong with it.
+MISCONFIGURED = re.compile(r"invalid or missing settings: [A-Z_, ]+|"
+                           r"(invalid or missing settings: [A-Z_, ]+; )?"
+                           r"invalid settings: (SMALL|LLM)_DEPLOYMENTS: [^\n]+")
 
 
 @pytest.fixture(scope="module")

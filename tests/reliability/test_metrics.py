@@ -116,7 +116,7 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
         assert fell_back.status_code == 200
         assert fell_back.headers["x-chat-fallback"] == "space_sleeping"
         # The wake runs on its own thread: wait for it to end (the function's edge does too).
-        stack["main"].__globals__["FUNCTION"].router().engine.waker.settle(10)
+        stack["main"].__globals__["FUNCTION"].router().engine.wakers["space"].settle(10)
         assert hub.restarts == 1
         streamed_headers, last = stream(client, base)
         space.mode = "ok"
@@ -148,8 +148,8 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
         int(fell_back.headers["x-chat-attempts"]) + int(from_space.headers["x-chat-attempts"])
     assert router_moved("router_attempts_total", route="worker") == last["x_chat"]["attempts"]
     assert router_moved("router_quota_refusals_total", quota="requests") == 1
-    assert router_moved("router_space_wakes_total", outcome="restarted") == 1
-    assert router_moved("router_space_wake_seconds_count") == 1
+    assert router_moved("router_space_wakes_total", backend="space", outcome="restarted") == 1
+    assert router_moved("router_space_wake_seconds_count", backend="space") == 1
     assert router_moved("router_time_to_first_token_seconds_count", backend="worker") == 1
     assert router_moved("router_request_duration_seconds_count", backend="worker",
                         streamed="true") == 1

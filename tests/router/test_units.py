@@ -18,6 +18,7 @@ from router._errors import (
     BackendUnavailable,
     BadRequest,
     ConfigError,
+    EndpointStarting,
     SpaceSleeping,
     SpaceStarting,
 )
@@ -88,21 +89,32 @@ def test_every_httpx_error_is_translated():
         assert "secret-host" not in translated.message
     refused = translate_httpx_error(httpx.ConnectError("x"), "worker")
     assert (refused.sent, refused.retryable, refused.reason) == (False, True, "unavailable")
-    assert isinstance(translate_httpx_error(httpx.ConnectTimeout("x"), "space"), SpaceStarting)
+    # Classified by kind: a Space that does not accept the connection is starting.
+    assert isinstance(translate_httpx_error(httpx.ConnectTimeout("x"), "space-b", "space"),
+                      SpaceStarting)
+    assert not isinstance(translate_httpx_error(httpx.ConnectTimeout("x"), "ep", "endpoint"),
+                          SpaceStarting)
 
 
-@pytest.mark.parametrize(("status", "ctype", "body", "backend", "expected"), [
+@pytest.mark.parametrize(("status", "ctype", "body", "kind", "expected"), [
     (200, "text/html", b"<html>This Space is sleeping due to inactivity</html>", "space",
      SpaceSleeping),
     (200, "text/html", b"<html>Building</html>", "space", SpaceStarting),
     (502, "application/json", b"{}", "space", SpaceStarting),
+    # An Inference Endpoint's proxy: 503 while a replica initializes (scaled to zero), 502
+    # while paused (HF docs, Autoscaling; huggingface_hub#1605).
+    (503, "application/json", b'{"error":"Service Unavailable"}', "endpoint", EndpointStarting),
+    (502, "text/plain", b"Bad Gateway", "endpoint", EndpointStarting),
     (503, "application/json", b"{}", "worker", BackendUnavailable),
+    (503, "application/json", b"{}", "openai", BackendUnavailable),
     (429, "application/json", b"{}", "worker", BackendRateLimited),
 ])
-def test_classify_not_ready_answers(status, ctype, body, backend, expected):
-    """GIVEN a backend answer WHEN classified THEN it maps to the documented failure."""
+def test_classify_not_ready_answers(status, ctype, body, kind, expected):
+    """GIVEN a deployment's answer WHEN classified by the deployment's kind THEN it maps to the
+    documented failure (whatever the deployment is named)."""
     with pytest.raises(expected):
-        classify_response(status, httpx.Headers({"content-type": ctype}), body, backend)
+        classify_response(status, httpx.Headers({"content-type": ctype}), body, "any-name",
+                          kind)
 
 
 def test_policy_rules_and_reasons():

@@ -167,3 +167,28 @@ def test_cost_of_a_weekday_schedule(run):
     assert data["functions_usd_per_month"] == 0.0
     code, text, _ = run("cost", "--schedule", "", "--project", str(ROOT / "project.yml"))
     assert code == 0 and "schedule: always" in text and "GPU: $292.20/month" in text
+
+
+def test_cost_prices_each_llm_deployment(run, monkeypatch: pytest.MonkeyPatch):
+    """GIVEN the README's worked LLM tier (SPACE_URL none; two Spaces and an endpoint in
+    LLM_DEPLOYMENTS) WHEN `space cost --json` THEN no shorthand Space is priced, each deployment
+    is, by its own instance (the Spaces by SPACE_HARDWARE), and the total adds them up."""
+    monkeypatch.setenv("SPACE_URL", "none")
+    monkeypatch.setenv("SPACE_A_TOKEN", "tok-a-0123")
+    monkeypatch.setenv("SPACE_B_TOKEN", "tok-b-0123")
+    monkeypatch.setenv("LLM_DEPLOYMENTS", (
+        "space-a kind=space url=https://a.hf.space token=SPACE_A_TOKEN id=acme/a; "
+        "space-b kind=space url=https://b.hf.space token=SPACE_B_TOKEN id=acme/b; "
+        "ep kind=endpoint url=https://x.endpoints.huggingface.cloud token=HF_TOKEN "
+        "id=acme/ep instance=nvidia-l4-x1"))
+    code, out, _ = run("cost", "--schedule", "Mon-Fri 08:00-20:00 Europe/Berlin",
+                       "--hardware", "t4-small", "--sleep-time", "900",
+                       "--scale-to-zero-minutes", "15", "--project", str(ROOT / "project.yml"),
+                       "--json")
+    data = json.loads(out)
+    assert code == 0 and data["hardware"] == "none" and data["gpu_usd_per_month"] == 0.0
+    priced = {d["name"]: (d["instance"], d["price_per_hour"]) for d in data["deployments"]}
+    assert priced == {"space-a": ("t4-small", 0.4), "space-b": ("t4-small", 0.4),
+                      "ep": ("nvidia-l4-x1", 0.8)}
+    assert data["total_usd_per_month"] == pytest.approx(
+        sum(d["usd_per_month"] for d in data["deployments"]), abs=0.02)

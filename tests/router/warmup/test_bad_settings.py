@@ -32,6 +32,10 @@ BAD_SETTINGS = [
     # OverflowError in the warmup's HTTP client (and leaked its socket).
     ("WARMUP_TIMEOUT_MS", str(2**70)),
     ("CONNECT_TIMEOUT_MS", str(2**62)),
+    # Issue 26: a deployment's entry is checked at start-up, and named, never echoed.
+    ("LLM_DEPLOYMENTS", "ep kind=endpiont url=https://secretish.example"),
+    ("SMALL_DEPLOYMENTS", "w2 kind=openai url=https://secretish.example token=NOT_SET_X"),
+    ("HF_ENDPOINTS_API", "ftp://endpoints-secretish"),
 ]
 
 
