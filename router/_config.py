@@ -53,6 +53,14 @@ def is_unset(value: object) -> bool:
 _SPEC_FIELDS = frozenset({"small_deployments", "llm_deployments"})
 
 
+def _spec_message(error: Any) -> str:
+    """A deployments parser's own message (it names the variable and an entry, never a value),
+    or "" for any other error, whose variable is named instead."""
+    name = str(error["loc"][0])
+    message = str(error.get("ctx", {}).get("error", ""))
+    return message if name in _SPEC_FIELDS and message.startswith(f"{name.upper()}:") else ""
+
+
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -333,12 +341,11 @@ class Settings(BaseModel):
             # Name the variables only: their values may be secrets. The deployments' own
             # messages name an entry and a key, never a value, and are kept.
             errors = [err for err in exc.errors() if err["loc"]]
-            detail = [str(err["ctx"]["error"]) for err in errors
-                      if err["loc"][0] in _SPEC_FIELDS and "ctx" in err]
+            detail = [err for err in errors if _spec_message(err)]
             names = sorted({str(err["loc"][0]).upper() for err in errors} - {
-                name.upper() for name in _SPEC_FIELDS if detail})
+                str(err["loc"][0]).upper() for err in detail})
             parts = ([f"invalid or missing settings: {', '.join(names)}"] if names else []) \
-                + [f"invalid settings: {item}" for item in detail]
+                + [f"invalid settings: {_spec_message(err)}" for err in detail]
             raise ConfigError("; ".join(parts)) from None
         named = token_variables(settings.small_deployments, settings.llm_deployments)
         settings._named_secrets = {name: env[name] for name in named

@@ -42,6 +42,9 @@ BAD_ROWS = [
     ("WORKER_URL", "worker.internal:8080"), ("WORKER_URL", "http://[::1"),
     ("WORKER_URL", "http://"), ("SPACE_URL", "http://space host"), ("SPACE_URL", "http://s:99999"),
     ("WORKER_TOKEN", "tok\u00e9n-with-accent"),
+    # An undecodable byte in a deployments list (found by the fuzz below): the variable is named
+    # like any other, though its own parser's messages are kept (issue 26).
+    ("SMALL_DEPLOYMENTS", "w kind=worker url=http://a\udcff"), ("LLM_DEPLOYMENTS", "\udcff"),
 ]
 # A deployment's entry (issue 26) is named in the message too: the variable, the entry (by
 # its name, or its position when the name is bad) and what is wrong with it.
