@@ -81,6 +81,8 @@ class ChatStream:
         try:
             async for chunk in opened.chunks(self.limits, started=started, end=end,
                                              first_by=share_end):
+                if turn.hop.model is None:
+                    turn.hop.model = _model_of(chunk)
                 delta = delta_of(chunk)
                 if delta.get("content") or delta.get("reasoning_content") \
                         or delta.get("tool_calls"):
@@ -194,4 +196,11 @@ class JsonCall:
                                           attempts=turn.retry_attempts,
                                           idempotent=self.idempotent, on_attempt=turn.hop.count)
         turn.hop.add_usage(payload.get("usage"))
+        turn.hop.model = _model_of(payload)
         yield payload
+
+
+def _model_of(answer: dict[str, Any]) -> str | None:
+    """The model a backend named in a chunk or an answer (None when it named none)."""
+    model = answer.get("model")
+    return model[:128] if isinstance(model, str) and model else None

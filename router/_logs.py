@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable
 
 from router._config import Settings
 
 _REDACTED = "[redacted]"
+
+
+def timestamp(created: float) -> str:
+    """RFC 3339 in UTC, to the millisecond (`2026-12-07T01:02:03.456Z`): ai_space's `time`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + \
+        f".{int(created * 1000) % 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,8 +28,9 @@ class JsonFormatter(logging.Formatter):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
-        """One line of JSON: level, logger, message and the record's fields."""
-        data: dict[str, object] = {"level": record.levelname.lower(), "logger": record.name,
+        """One line of JSON: time, level, logger, message and the record's fields."""
+        data: dict[str, object] = {"time": timestamp(record.created),
+                                   "level": record.levelname.lower(), "logger": record.name,
                                    "msg": record.getMessage()}
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

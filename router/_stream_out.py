@@ -88,7 +88,7 @@ async def relay(first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], No
     except RouterError as exc:
         record = writer.record
         log.warning("stream failed after content", extra={"fields": {
-            "request_id": record.request_id, "code": exc.code, "attempts": record.attempts}})
+            **record.ids(), "code": exc.code, "attempts": record.attempts}})
         yield writer.error(exc)
         return
     finally:

@@ -178,7 +178,9 @@ class Tracer(Observer):
 
     def _request_span(self, trace: RequestTrace, record: RequestRecord) -> dict[str, Any]:
         op = operation(record.path)
-        model = self.models.get(record.backend or "")
+        # GenAI conventions: the request's model is the one the caller asked for (`llm`,
+        # `auto`), the response's the one the answering backend named in its answer.
+        model = record.model
         span: dict[str, Any] = {
             "traceId": trace.trace_id, "spanId": trace.span_id,
             "name": f"{op} {model}" if op and model else (op or record.method),
@@ -187,11 +189,12 @@ class Tracer(Observer):
             "attributes": _attributes({
                 "gen_ai.operation.name": op, "gen_ai.provider.name": "openai" if op else None,
                 "gen_ai.request.model": model,
+                "gen_ai.response.model": record.response_model,
                 "gen_ai.usage.input_tokens": record.prompt_tokens,
                 "gen_ai.usage.output_tokens": record.completion_tokens,
                 "http.request.method": record.method,
                 "http.response.status_code": record.status,
-                "error.type": record.code,
+                "error.type": record.code, "chat.request_id": record.request_id,
                 "chat.route": record.route, "chat.backend": record.backend,
                 "chat.fallback": record.fallback, "chat.attempts": record.attempts,
                 "chat.streamed": record.streamed})}
