@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,10 @@ TOKEN = "tok-4f9a2c7e1b3d5a6c"
 FORGED = "2099-01-01 INFO ai_space: token accepted for admin"
 
 
-def test_a_newline_in_the_path_cannot_start_a_log_line(tmp_path: Path) -> None:
-    """GIVEN `python -m ai_space` with a token (its model folder empty: only its door matters
-    here) WHEN a client without a token asks for `/x%0a<a forged log line>` THEN every line the
-    server wrote is one JSON object, none starts with the forged text, the 401 line holds the
-    newline inside its `msg`, and the token appears nowhere."""
+def _served(tmp_path: Path, ask: Callable[[str], list[httpx.Response]]
+            ) -> tuple[list[httpx.Response], list[str]]:
+    """Run `python -m ai_space` with a token (its model folder empty: only its door answers),
+    call `ask(base_url)` once it listens; (its answers, every line the server wrote)."""
     port = free_port()
     env = {**os.environ, "API_TOKEN": TOKEN, "PORT": str(port), "HOST": "127.0.0.1",
            "MODEL_ID": str(tmp_path), "EMBEDDING_MODEL_ID": "none", "LOG_LEVEL": "info"}
@@ -39,13 +39,21 @@ def test_a_newline_in_the_path_cannot_start_a_log_line(tmp_path: Path) -> None:
             lines.append(line)
             if "Uvicorn running" in line:
                 break
-        answer = httpx.get(f"http://127.0.0.1:{port}/x%0a{FORGED.replace(' ', '%20')}",
-                           timeout=30)
+        answers = ask(f"http://127.0.0.1:{port}")
     finally:
         server.terminate()
         rest, _ = server.communicate(timeout=60)
-    lines += rest.splitlines(keepends=True)
-    assert answer.status_code == 401
+    return answers, lines + rest.splitlines(keepends=True)
+
+
+def test_a_newline_in_the_path_cannot_start_a_log_line(tmp_path: Path) -> None:
+    """GIVEN `python -m ai_space` with a token (its model folder empty: only its door matters
+    here) WHEN a client without a token asks for `/x%0a<a forged log line>` THEN every line the
+    server wrote is one JSON object, none starts with the forged text, the 401 line holds the
+    newline inside its `msg`, and the token appears nowhere."""
+    answers, lines = _served(tmp_path, lambda url: [httpx.get(
+        f"{url}/x%0a{FORGED.replace(' ', '%20')}", timeout=30)])
+    assert answers[0].status_code == 401
     records = [json.loads(line) for line in lines]  # raises on any line that is not JSON
     assert not any(line.startswith("2099") for line in lines)
     assert any(r["logger"] == "ai_space" and r["msg"] == f"401 GET /x\n{FORGED}"
@@ -61,27 +69,11 @@ def test_each_request_line_carries_the_traceparent_it_received(tmp_path: Path) -
     malformed header is not echoed into the log."""
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     traceparent = f"00-{trace_id}-b7ad6b7169203331-01"
-    port = free_port()
-    env = {**os.environ, "API_TOKEN": TOKEN, "PORT": str(port), "HOST": "127.0.0.1",
-           "MODEL_ID": str(tmp_path), "EMBEDDING_MODEL_ID": "none", "LOG_LEVEL": "info"}
-    server = subprocess.Popen([sys.executable, "-m", "ai_space"], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines: list[str] = []
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:  # until uvicorn listens: no polling, no sleeps
-            lines.append(line)
-            if "Uvicorn running" in line:
-                break
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        traced = httpx.post(url, json={}, headers={"traceparent": traceparent}, timeout=30)
-        forged = httpx.post(url, json={}, timeout=30,
-                            headers={"traceparent": "00-forged-by-the-caller-01"})
-    finally:
-        server.terminate()
-        rest, _ = server.communicate(timeout=60)
-    lines += rest.splitlines(keepends=True)
-    assert (traced.status_code, forged.status_code) == (401, 401)
+    answers, lines = _served(tmp_path, lambda url: [
+        httpx.post(f"{url}/v1/chat/completions", json={}, timeout=30,
+                   headers={"traceparent": value})
+        for value in (traceparent, "00-forged-by-the-caller-01")])
+    assert [a.status_code for a in answers] == [401, 401]
     records = [json.loads(line) for line in lines]
     refusals = [r for r in records if r["msg"] == "401 POST /v1/chat/completions"]
     assert len(refusals) == 2
