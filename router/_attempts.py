@@ -142,11 +142,14 @@ class ChatStream:
         if not self.live:
             return chunk
         self.sent.record(chunk)
-        if self.identity is None:
-            self.identity = {"id": chunk.get("id", "chatcmpl-router"),
-                             "model": chunk.get("model", ""),
-                             "created": chunk.get("created", 0)}
-        return {**chunk, **self.identity}
+        identity = self.identity
+        if identity is None:
+            identity = self.identity = {"id": chunk.get("id", "chatcmpl-router"),
+                                        "model": chunk.get("model", ""),
+                                        "created": chunk.get("created", 0)}
+        if all(chunk.get(key) == value for key, value in identity.items()):
+            return chunk  # its identity already (the first backend's): relayed as it came
+        return {**chunk, **identity}
 
 
 class Collected:

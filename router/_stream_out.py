@@ -18,14 +18,16 @@ from typing import Any
 from router._errors import RouterError
 from router._record import RequestRecord
 from router._status import status_for
-from router._stream_read import finish_of
+from router._stream_read import Chunk, finish_of
 
 log = logging.getLogger("router.stream")
 DONE = "data: [DONE]\n\n"
 
 
 def sse(data: dict[str, Any]) -> str:
-    """One server-sent event."""
+    """One server-sent event; a backend's chunk relayed unchanged, as the backend wrote it."""
+    if type(data) is Chunk and data.raw is not None:
+        return f"data: {data.raw}\n\n"
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
