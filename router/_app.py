@@ -131,6 +131,14 @@ class ChatRouter:
         except Exception as exc:
             return self._finish(head, self._refusal(exc, record), record, started)
 
+    def refuse(self, head: HttpRequest, error: RouterError) -> HttpResponse:
+        """The service's refusal of a request at its edge (a body over the cap), answered,
+        logged, counted and traced like every other refusal (the trace `admit` started, if
+        it was let in on its headers)."""
+        record = RequestRecord(head.method, head.path, uuid.uuid4().hex[:16])
+        self._trace(head, record)
+        return self._finish(head, self._refusal(error, record), record, time.monotonic())
+
     async def answer(self, admission: Admission, body: bytes, edge: Edge) -> HttpResponse:
         """Answer a request that `admit` let in, now with its body (its quota was counted
         then, and is not again)."""

@@ -219,3 +219,38 @@ class _streams:
         for fake, server in zip(self.fakes.values(), self.servers, strict=True):
             fake.release()
             server.stop()
+
+
+def test_a_body_over_the_cap_is_traced_and_logged_with_its_id(serve, otlp, worker: FakeBackend,
+                                                              caplog):
+    """GIVEN the service with MAX_BODY_BYTES 2000, exporting traces WHEN one chat announces a
+    larger Content-Length and another sends a larger chunked body THEN both get 413, and each
+    is one SERVER span with status 413 and a `request` log line, joined by the answer's
+    `X-Request-Id` and the trace id, like any other refusal."""
+    receiver, url = otlp
+    with caplog.at_level(logging.INFO, logger="router"):
+        service = serve({"WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN,
+                         "MAX_BODY_BYTES": "2000", "OTEL_EXPORTER_OTLP_ENDPOINT": url})
+        big = b'{"messages": [{"role": "user", "content": "' + b"x" * 4000 + b'"}]}'
+        with httpx.Client(timeout=10) as client:
+            declared = client.post(service.function_url + "/v1/chat/completions", content=big,
+                                   headers={"content-type": "application/json"})
+            chunked = client.post(service.function_url + "/v1/chat/completions",
+                                  content=iter([big[:1500], big[1500:]]),
+                                  headers={"content-type": "application/json"})
+        spans = receiver.wait_for(2, 10)
+        lines = {}
+        for answer in (declared, chunked):
+            rid = answer.headers.get("x-request-id", "")
+            end = time.monotonic() + 10
+            while rid not in lines and time.monotonic() < end:
+                lines.update({r.fields.get("request_id"): r.fields for r in list(caplog.records)
+                              if r.getMessage() == "request"})
+                time.sleep(0.02)
+    assert (declared.status_code, chunked.status_code) == (413, 413)
+    server = {s.attributes["chat.request_id"]: s for s in spans if s.kind == 2}
+    for answer in (declared, chunked):
+        rid = answer.headers["x-request-id"]
+        assert server[rid].attributes["http.response.status_code"] == 413
+        assert lines[rid]["trace_id"] == server[rid].trace_id
+        assert lines[rid]["code"] == "payload_too_large"
