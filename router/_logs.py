@@ -46,17 +46,23 @@ class JsonFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send the `router` logger to stderr as JSON lines; quiet httpx, which logs URLs."""
-    logger = logging.getLogger("router")
+def configure_logging(settings: Settings, also: Iterable[str] = ()) -> None:
+    """Send the `router` logger (and the loggers named in `also`: the service's server's) to
+    stderr as JSON lines; quiet httpx, which logs URLs."""
     formatter = JsonFormatter(settings.secrets())
-    handler = next((h for h in logger.handlers if getattr(h, "_router_handler", False)), None)
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler._router_handler = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    handler.setFormatter(formatter)
-    logger.setLevel(settings.log_level.upper())
-    logger.propagate = True
+    for name in ("router", *also):
+        logger = logging.getLogger(name)
+        handler = next((h for h in logger.handlers if getattr(h, "_router_handler", False)),
+                       None)
+        if handler is None:
+            handler = logging.StreamHandler(sys.stderr)
+            handler._router_handler = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        handler.setFormatter(formatter)
+        if name == "router":
+            logger.setLevel(settings.log_level.upper())
+            logger.propagate = True
+        else:
+            logger.propagate = False  # one line each, not a second one from the root
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

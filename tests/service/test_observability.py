@@ -4,8 +4,14 @@ counted and /health is not; `router_space_wake_seconds` times the wake, not the 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.common import ROOT, free_port
 from router_service import Service
 from tests.conftest import WORKER_TOKEN
 from tests.fakes.hub import FakeHub
@@ -254,3 +261,39 @@ def test_a_body_over_the_cap_is_traced_and_logged_with_its_id(serve, otlp, worke
         assert server[rid].attributes["http.response.status_code"] == 413
         assert lines[rid]["trace_id"] == server[rid].trace_id
         assert lines[rid]["code"] == "payload_too_large"
+
+
+def test_every_line_the_service_writes_is_json_with_its_time(worker: FakeBackend):
+    """GIVEN `python -m router_service` as deployed WHEN it starts, answers a chat, gets a
+    request line uvicorn cannot parse, and is stopped THEN every line it wrote to stderr (its
+    start-up line and uvicorn's own included) is one JSON object with an RFC 3339 UTC `time`,
+    so a log pipeline reads the service as it reads the function."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update({"WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN, "LOG_LEVEL": "INFO"})
+    server = subprocess.Popen([sys.executable, "-m", "router_service", "--port", str(port),
+                               "--env-file", ""], cwd=ROOT, env=env, text=True,
+                              stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1/web/local/chat/ask"
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        chat = httpx.post(base + "/v1/chat/completions", timeout=10,
+                          json={"messages": [{"role": "user", "content": "hi"}]})
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            raw.recv(1024)
+    finally:
+        server.send_signal(signal.SIGTERM)  # as App Platform stops it
+        _, err = server.communicate(timeout=60)
+    assert chat.status_code == 200
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert any('"msg": "request"' in line for line in lines), err[-2000:]
+    for line in lines:
+        record = json.loads(line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"]), line
