@@ -132,12 +132,20 @@ class ChatRouter:
             return self._finish(head, self._refusal(exc, record), record, started)
 
     def refuse(self, head: HttpRequest, error: RouterError) -> HttpResponse:
-        """The service's refusal of a request at its edge (a body over the cap), answered,
-        logged, counted and traced like every other refusal (the trace `admit` started, if
-        it was let in on its headers)."""
+        """A request refused at the edge (a body over the cap, or one that cannot be read):
+        answered, logged, counted and traced like every other refusal (in the trace `admit`
+        started, if it was let in on its headers)."""
         record = RequestRecord(head.method, head.path, uuid.uuid4().hex[:16])
         self._trace(head, record)
         return self._finish(head, self._refusal(error, record), record, time.monotonic())
+
+    def refuse_now(self, head: HttpRequest, error: RouterError) -> HttpResponse:
+        """The function's edge: `refuse` (a body it cannot read), its span sent before the
+        platform freezes the container."""
+        response = self.refuse(head, error)
+        if self.observer.active:
+            self.observer.flush(WAKE_JOIN_CAP_S)
+        return response
 
     async def answer(self, admission: Admission, body: bytes, edge: Edge) -> HttpResponse:
         """Answer a request that `admit` let in, now with its body (its quota was counted

@@ -181,3 +181,22 @@ def _jq_greater(value: Any, than: int) -> bool:
 
 def _epoch(stamp: str) -> float:
     return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+
+
+def test_a_body_the_edge_cannot_read_is_logged_and_traced_with_its_id(traced, caplog):
+    """GIVEN the function exporting traces WHEN an event's body is flagged base64 but does not
+    decode THEN the 400 carries an `X-Request-Id`, its `request` line that id (and the trace
+    id), and its SERVER span that id and status: refused at the edge like any refusal."""
+    ask, receiver = traced
+    event = load_event("chat_completions", body="%%% not base64 %%%", isBase64Encoded=True)
+    with caplog.at_level(logging.INFO, logger="router"):
+        answer = ask(event)
+    spans = receiver.wait_for(1, 10)
+    assert answer["statusCode"] == 400
+    rid = answer["headers"]["x-request-id"]
+    line = next(r.fields for r in caplog.records if r.getMessage() == "request")
+    span = _server_span(spans)
+    assert (line["request_id"], line["trace_id"], line["code"]) == \
+        (rid, span.trace_id, "invalid_base64")
+    assert span.attributes["chat.request_id"] == rid
+    assert span.attributes["http.response.status_code"] == 400
