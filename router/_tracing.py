@@ -167,8 +167,11 @@ class Tracer(Observer):
         trace.end_attempt(None)
         if not trace.sampled:
             return  # the caller decided: not recorded, though its context went on
+        # The model each backend named in its answer (its attempts' `gen_ai.response.model`).
+        named = {hop.backend: hop.model for hop in record.hops if hop.model}
         self.exporter.submit([self._request_span(trace, record),
-                              *(self._attempt_span(trace, attempt, operation(record.path))
+                              *(self._attempt_span(trace, attempt, operation(record.path),
+                                                   named.get(attempt.backend))
                                 for attempt in trace.attempts)])
 
     def flush(self, timeout_s: float) -> None:
@@ -204,8 +207,8 @@ class Tracer(Observer):
             span["status"] = {"code": STATUS_ERROR}
         return span
 
-    def _attempt_span(self, trace: RequestTrace, attempt: SpanTimes, op: str | None
-                      ) -> dict[str, Any]:
+    def _attempt_span(self, trace: RequestTrace, attempt: SpanTimes, op: str | None,
+                      answered_by: str | None) -> dict[str, Any]:
         model = self.models.get(attempt.backend)
         span: dict[str, Any] = {
             "traceId": trace.trace_id, "spanId": attempt.span_id,
@@ -214,7 +217,8 @@ class Tracer(Observer):
             "endTimeUnixNano": str(max(attempt.end_ns, attempt.start_ns)),
             "attributes": _attributes({
                 "gen_ai.operation.name": op, "gen_ai.provider.name": "openai" if op else None,
-                "gen_ai.request.model": model, "chat.backend": attempt.backend,
+                "gen_ai.request.model": model, "gen_ai.response.model": answered_by,
+                "chat.backend": attempt.backend,
                 "chat.attempt": attempt.number, "error.type": attempt.error})}
         if attempt.error:
             span["status"] = {"code": STATUS_ERROR}

@@ -96,6 +96,11 @@ def test_the_model_asked_for_and_the_model_that_answered(traced, space: FakeBack
     assert embedded.attributes["gen_ai.usage.input_tokens"] == len(inputs)  # the fake's count
     assert answers[0]["headers"]["x-chat-backend"] == "space"
     assert space.seen[0].body is not None and space.seen[0].body["model"] == SPACE_MODEL
+    # The Space's request span: the model sent to it, and the model it named back.
+    [to_space] = [s for s in spans if s.kind == 3 and s.trace_id == by_request[
+        answers[0]["headers"]["x-request-id"]].trace_id]
+    assert (to_space.attributes["gen_ai.request.model"],
+            to_space.attributes["gen_ai.response.model"]) == (SPACE_MODEL, SPACE_MODEL)
 
 
 def test_health_is_not_traced(traced):
