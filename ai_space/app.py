@@ -14,6 +14,7 @@ from ai_space.config import Settings
 from ai_space.errors import install_handlers
 from ai_space.host import Hooks, ModelHost
 from ai_space.limits import BodyLimit
+from ai_space.logs import TraceContext
 from ai_space.routes import router
 
 log = logging.getLogger("ai_space")
@@ -48,4 +49,6 @@ def create_app(settings: Settings, hooks: Hooks | None = None) -> FastAPI:
         app.add_middleware(BearerAuth, token=settings.api_token.get_secret_value())
     else:
         log.warning("ALLOW_NO_AUTH=1: every endpoint is open to anyone who can reach it")
+    # Outermost: every line of a request (its 401 too) carries its `traceparent`.
+    app.add_middleware(TraceContext)
     return app

@@ -154,6 +154,7 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
     check_dimensions(body, int(vectors.shape[1]))  # the width is known once a vector is
     tokens = await run_in_threadpool(embedder.count_tokens, texts)
+    host.metrics.tokens.labels("embedding").inc(tokens)  # beside generations' in and out
     log.info("embeddings inputs=%d tokens=%d latency_ms=%.0f", len(texts), tokens,
              (time.perf_counter() - started) * 1000)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

@@ -7,7 +7,10 @@ connections, then 200 concurrent 60-token streams, a chunk every 20 ms) meets ea
 configuration in turn, round after round, so a burst of load elsewhere hits them alike. The
 door off is the same app on plain uvicorn (httptools, uvloop), as before issue 19.
 
-    .venv/bin/python -m bench.crowd [--rounds 3] [--profile]
+    .venv/bin/python -m bench.crowd [--rounds 3] [--profile] [--against ../main]
+
+`--against TREE` adds the service of another checkout (all on, its code, this venv) to the
+turns: a change and its baseline meet the same load in the same run.
 """
 
 from __future__ import annotations
@@ -145,10 +148,16 @@ def _serve(app: str, port: int) -> None:
                 http="httptools", lifespan="on", backlog=2048, timeout_keep_alive=5)
 
 
+def against_name(tree: str) -> str:
+    """The configuration name of another checkout's service."""
+    return f"all on, {Path(tree).resolve().name}'s code"
+
+
 @contextmanager
-def services() -> Iterator[dict[str, tuple[str, int]]]:
-    """The backend, the sink and one service per configuration, ready:
-    {name: (function URL, the serving process's pid)}, the backend itself first."""
+def services(against: str = "") -> Iterator[dict[str, tuple[str, int]]]:
+    """The backend, the sink and one service per configuration (and, with `against`, that
+    checkout's service, all on), ready: {name: (function URL, the serving process's pid)},
+    the backend itself first."""
     bport, sink = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKER_URL": f"http://127.0.0.1:{bport}",
            "LOG_LEVEL": "WARNING"}
@@ -159,14 +168,16 @@ def services() -> Iterator[dict[str, tuple[str, int]]]:
     try:
         # The baseline: the same crowd straight to the backend (no router at all).
         served = {DIRECT: (f"http://127.0.0.1:{bport}", procs[0].pid)}
-        for name, (door, metrics, tracing) in CONFIGS.items():
+        configs = {**CONFIGS, **({against_name(against): CONFIGS["all on"]} if against else {})}
+        for name, (door, metrics, tracing) in configs.items():
             port = free_port()
-            one = {**env, "METRICS": str(metrics).lower(),
+            tree = Path(against).resolve() if name not in CONFIGS else ROOT
+            one = {**env, "METRICS": str(metrics).lower(), "PYTHONPATH": str(tree),
                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}" if tracing else ""}
             command = ([sys.executable, "-m", "router_service", "--port", str(port),
                         "--namespace", "bench", "--env-file", ""] if door else
                        [sys.executable, "-m", "bench.crowd", "--plain", str(port)])
-            procs.append(subprocess.Popen(command, cwd=ROOT, env=one,
+            procs.append(subprocess.Popen(command, cwd=tree, env=one,
                                           stderr=subprocess.DEVNULL))
             served[name] = (f"http://127.0.0.1:{port}/api/v1/web/bench/chat/ask",
                             procs[-1].pid)
@@ -181,27 +192,33 @@ def services() -> Iterator[dict[str, tuple[str, int]]]:
             proc.wait(60)
 
 
+def _py_spy() -> str | None:
+    """py-spy: the venv's, else one on PATH."""
+    return shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def matrix(rounds: int = 3, profile: str = "") -> dict[str, Any]:
+def matrix(rounds: int = 3, profile: str = "", against: str = "") -> dict[str, Any]:
     """Each configuration's crowd, `rounds` times, taking turns: first-token p50 / p99 over
     every round's streams, the worst round's p99, and the CPU the serving process used per
     round beside the round's wall time. `profile`: a configuration whose service py-spy
-    samples through every round (bench/crowd-profile.txt, py-spy's raw format)."""
-    names = [DIRECT, *CONFIGS]
+    samples through every round (bench/crowd-profile.txt, py-spy's raw format); `against`:
+    another checkout whose service (all on) takes its turn too."""
+    names = [DIRECT, *CONFIGS, *([against_name(against)] if against else [])]
     firsts: dict[str, list[float]] = {name: [] for name in names}
     worst: dict[str, float] = dict.fromkeys(names, 0.0)
     complete: dict[str, int] = dict.fromkeys(names, 0)
     cpu: dict[str, float] = dict.fromkeys(names, 0.0)
     wall: dict[str, float] = dict.fromkeys(names, 0.0)
     load_at_start = load()
-    with services() as served, ExitStack() as stack:
+    with services(against) as served, ExitStack() as stack:
         if profile:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+            spy = subprocess.Popen([_py_spy() or "py-spy", "record",
                                     "--pid", str(served[profile][1]), "--rate", "400", "-f",
                                     "raw", "-o", str(PROFILE)],
                                    stdout=subprocess.DEVNULL)
@@ -217,7 +234,8 @@ def matrix(rounds: int = 3, profile: str = "") -> dict[str, Any]:
                 complete[name] += got["complete"]
                 worst[name] = max(worst[name], got["ttft_p99"])
     shares = profile_shares(PROFILE) if profile else {}
-    return {"rounds": rounds, "load": load_at_start, "profiled": profile, "profile": shares,
+    return {"rounds": rounds, "load": f"{load_at_start} at the start, {load()} at the end",
+            "profiled": profile, "profile": shares,
             "configs": {name: {
         "complete": complete[name], "ttft_p50": pct(v, 50) if v else -1,
         "ttft_p99": pct(v, 99) if v else -1, "worst_round_p99": worst[name],
@@ -235,7 +253,8 @@ BUCKETS = [
     ("opening the backend stream", ("Backend.open_stream",), False),
     ("relay: reading the backend (httpx, httpcore, h11)", ("Response.aiter_bytes",), False),
     ("relay: writing to the client (uvicorn send)", ("RequestResponseCycle.send",), False),
-    ("relay: per-read time limits (asyncio.timeout)", ("asyncio/timeouts.py",), False),
+    ("relay: per-read time limits (asyncio.timeout, or the stream's one ReadWatch)",
+     ("asyncio/timeouts.py", "arm (", "_fire (", "_schedule ("), False),
     ("relay: JSON decode and encode", ("json/decoder.py", "json/encoder.py"), False),
     ("relay: the rest (SSE parsing, checks, the relay task)", ("pump (",), False),
     ("the request before its stream (parse, admit, validate, route)", ("handle_async",), False),
@@ -270,7 +289,8 @@ def rows(fig: dict[str, Any]) -> list[str]:
     out = []
     streams = CONCURRENT_STREAMS * fig["rounds"]
     for name, case in fig["configs"].items():
-        door, metrics, tracing = CONFIGS.get(name, (False, False, False))
+        door, metrics, tracing = CONFIGS.get(name, CONFIGS["all on"] if name != DIRECT
+                                             else (False, False, False))
         what = name if name == DIRECT else (
             f"{name} (door {'on' if door else 'off'}, metrics {'on' if metrics else 'off'}, "
             f"tracing {'on' if tracing else 'off'})")
@@ -296,15 +316,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", nargs="?", const="all on", default="",
                         help="run one configuration's service under py-spy (default: all on)")
+    parser.add_argument("--against", default="",
+                        help="another checkout whose service (all on) takes its turns too")
     parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink or args.plain:
         _serve("sink" if args.sink else "plain", args.sink or args.plain)
         return
-    if args.profile and shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
-        sys.exit("--profile needs py-spy in the venv: .venv/bin/pip install py-spy")
-    fig = matrix(args.rounds, args.profile)
+    if args.profile and _py_spy() is None:
+        sys.exit("--profile needs py-spy in the venv (.venv/bin/pip install py-spy) or on PATH")
+    fig = matrix(args.rounds, args.profile, args.against)
     sys.stdout.write(json.dumps(fig, indent=1) + "\n" + "\n".join(rows(fig)) + "\n")
 
 

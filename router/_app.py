@@ -37,7 +37,7 @@ from router._policy import Policy
 from router._quota import Quotas
 from router._record import RequestRecord
 from router._status import error_response
-from router._telemetry import Observer, Observers
+from router._telemetry import TRACE, Observer, Observers
 from router._wake import SpaceHub, wakers
 
 log = logging.getLogger("router.request")
@@ -95,6 +95,7 @@ class ChatRouter:
         self.engine.observer = self.observer
         for waker in self.engine.wakers.values():
             waker.on_checked = self.observer.wake_checked
+            waker.on_ready = self.observer.wake_ready if self.observer.times_wakes else None
 
     def handle(self, request: HttpRequest, edge: Edge) -> HttpResponse:
         """The function's path: answer on the container's loop, then give a wake still in
@@ -120,12 +121,31 @@ class ChatRouter:
             return Admission(head, None, self.access)  # answered from the headers alone
         record = RequestRecord(head.method, head.path, uuid.uuid4().hex[:16])
         started = time.monotonic()
+        # Traced from here: a request refused on its headers (401, 429) is a span too, and
+        # one let in keeps this trace (`answer` runs in this context) from its arrival on.
+        self._trace(head, record)
         try:
             if self._handler(head) == self.health:
                 return Admission(head, None, self.access)
             return Admission(head, await self._authorize(head), self.access)
         except Exception as exc:
             return self._finish(head, self._refusal(exc, record), record, started)
+
+    def refuse(self, head: HttpRequest, error: RouterError) -> HttpResponse:
+        """A request refused at the edge (a body over the cap, or one that cannot be read):
+        answered, logged, counted and traced like every other refusal (in the trace `admit`
+        started, if it was let in on its headers)."""
+        record = RequestRecord(head.method, head.path, uuid.uuid4().hex[:16])
+        self._trace(head, record)
+        return self._finish(head, self._refusal(error, record), record, time.monotonic())
+
+    def refuse_now(self, head: HttpRequest, error: RouterError) -> HttpResponse:
+        """The function's edge: `refuse` (a body it cannot read), its span sent before the
+        platform freezes the container."""
+        response = self.refuse(head, error)
+        if self.observer.active:
+            self.observer.flush(WAKE_JOIN_CAP_S)
+        return response
 
     async def answer(self, admission: Admission, body: bytes, edge: Edge) -> HttpResponse:
         """Answer a request that `admit` let in, now with its body (its quota was counted
@@ -138,8 +158,7 @@ class ChatRouter:
                       ) -> HttpResponse:
         record = RequestRecord(request.method, request.path, uuid.uuid4().hex[:16])
         started = time.monotonic()
-        if self.observer.active:
-            self.observer.request_started(request.headers)
+        self._trace(request, record)
         try:
             deadline = Deadline.for_request(
                 self.settings.router_deadline_ms, floor_ms=self.settings.min_deadline_ms,
@@ -157,7 +176,7 @@ class ChatRouter:
             return error_response(exc)
         # The last line of defence: a bug must still give the caller our JSON, not the
         # platform's bare 502. Only the type is logged: messages may carry URLs.
-        log.error("unhandled error", extra={"fields": {"request_id": record.request_id,
+        log.error("unhandled error", extra={"fields": {**record.ids(),
                                                        "exc_type": type(exc).__name__}})
         error = InternalError("the router failed; see its logs", code="internal_error")
         record.code = error.code
@@ -190,9 +209,21 @@ class ChatRouter:
             record.duration_s = time.monotonic() - started
             self._done(record)
 
+    def _trace(self, request: HttpRequest, record: RequestRecord) -> None:
+        """Tell the observers a request arrived (its trace starts, unless `admit` started it
+        already), and put its trace id on its record. /health is a page's liveness poll, not
+        traffic: neither traced nor counted."""
+        if not self.observer.active or _is_health(request.method, request.path):
+            return
+        if TRACE.get() is None:
+            self.observer.request_started(request.headers)
+        trace = TRACE.get()
+        if trace is not None:
+            record.trace_id = trace.trace_id
+
     def _done(self, record: RequestRecord) -> None:
         log.info("request", extra={"fields": record.log_fields()})
-        if self.observer.active:
+        if self.observer.active and not _is_health(record.method, record.path):
             self.observer.request_done(record)
 
     async def _dispatch(self, request: HttpRequest, deadline: Deadline, edge: Edge,
@@ -273,6 +304,10 @@ class ChatRouter:
         """The function's shutdown: close the clients on the container's loop, then the loop."""
         self.loop.run(self.aclose())
         self.loop.close()
+
+
+def _is_health(method: str, path: str) -> bool:
+    return method == "GET" and path.rstrip("/") == "/health"
 
 
 def _int_header(request: HttpRequest, name: str) -> int | None:

@@ -81,6 +81,8 @@ class ChatStream:
         try:
             async for chunk in opened.chunks(self.limits, started=started, end=end,
                                              first_by=share_end):
+                if turn.hop.model is None:
+                    turn.hop.model = _model_of(chunk)
                 delta = delta_of(chunk)
                 if delta.get("content") or delta.get("reasoning_content") \
                         or delta.get("tool_calls"):
@@ -140,11 +142,14 @@ class ChatStream:
         if not self.live:
             return chunk
         self.sent.record(chunk)
-        if self.identity is None:
-            self.identity = {"id": chunk.get("id", "chatcmpl-router"),
-                             "model": chunk.get("model", ""),
-                             "created": chunk.get("created", 0)}
-        return {**chunk, **self.identity}
+        identity = self.identity
+        if identity is None:
+            identity = self.identity = {"id": chunk.get("id", "chatcmpl-router"),
+                                        "model": chunk.get("model", ""),
+                                        "created": chunk.get("created", 0)}
+        if all(chunk.get(key) == value for key, value in identity.items()):
+            return chunk  # its identity already (the first backend's): relayed as it came
+        return {**chunk, **identity}
 
 
 class Collected:
@@ -194,4 +199,11 @@ class JsonCall:
                                           attempts=turn.retry_attempts,
                                           idempotent=self.idempotent, on_attempt=turn.hop.count)
         turn.hop.add_usage(payload.get("usage"))
+        turn.hop.model = _model_of(payload)
         yield payload
+
+
+def _model_of(answer: dict[str, Any]) -> str | None:
+    """The model a backend named in a chunk or an answer (None when it named none)."""
+    model = answer.get("model")
+    return model[:128] if isinstance(model, str) and model else None

@@ -107,6 +107,9 @@ class Settings(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0, le=86_400)
     space_probe_s: float = Field(default=5.0, gt=0, le=86_400)
     wake_cooldown_s: float = Field(default=120.0, ge=0, le=86_400)
+    # After a restart (resume), how often the service asks the Hub whether the deployment
+    # runs again: `router_space_wake_seconds` is timed to that answer.
+    wake_poll_ms: PositiveMs = 5_000
 
     # Who may call.
     cors_origins: tuple[str, ...] = ()

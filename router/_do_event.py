@@ -7,7 +7,7 @@ import binascii
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from router._config import Settings
@@ -29,9 +29,6 @@ def read_event(event: Mapping[str, Any], max_body_bytes: int = PLATFORM_BODY_LIM
     http = event.get("http")
     if not isinstance(http, Mapping):
         raise BadRequest("not a web request", code="bad_event")
-    raw_headers = http.get("headers") or {}
-    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()} \
-        if isinstance(raw_headers, Mapping) else {}
     body = http.get("body") or ""
     if not isinstance(body, str):
         raise BadRequest("the request body must be text", code="bad_event")
@@ -47,12 +44,23 @@ def read_event(event: Mapping[str, Any], max_body_bytes: int = PLATFORM_BODY_LIM
         data = body.encode("utf-8", "surrogatepass")
     if len(data) > max_body_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+    return replace(read_head(event), body=data)
+
+
+def read_head(event: Mapping[str, Any]) -> HttpRequest:
+    """A web event's method, path, headers and query, without its body (what a refusal of
+    a body the edge cannot read is logged and traced with)."""
+    http = event.get("http")
+    http = http if isinstance(http, Mapping) else {}
+    raw_headers = http.get("headers") or {}
+    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()} \
+        if isinstance(raw_headers, Mapping) else {}
     path = str(http.get("path") or "/")
     return HttpRequest(
         method=str(http.get("method") or "GET").upper(),
         path=path if path.startswith("/") else "/" + path,
         headers=headers,
-        body=data,
+        body=b"",
         query=str(http.get("queryString") or ""),
     )
 
@@ -116,13 +124,13 @@ class WebFunction:
             router = self.router()
             request = read_event(event, router.settings.max_body_bytes)
         except RouterError as exc:
-            logging.getLogger("router.request").warning(
-                "request refused at the edge", extra={"fields": {"code": exc.code}})
-            response = error_response(exc)
-            if router is not None:
-                # A browser must be able to read why it was refused.
-                response.headers.update(router.cors.headers_for(_origin(event)))
-            return to_do_response(response)
+            if router is None:
+                logging.getLogger("router.request").warning(
+                    "request refused at the edge", extra={"fields": {"code": exc.code}})
+                return to_do_response(error_response(exc))
+            # Logged, traced (and its CORS headers set, so a browser can read why) by the
+            # router, like any refusal.
+            return to_do_response(router.refuse_now(read_head(event), exc))
         except Exception as exc:
             # Every setting is validated by Settings, so this is a bug in building the router:
             # still our JSON, never the platform's bare 502. Only the type is logged.
@@ -139,10 +147,3 @@ def _build_router(settings: Settings) -> ChatRouter:
 
     return ChatRouter(settings)
 
-
-def _origin(event: Mapping[str, Any]) -> str:
-    http = event.get("http")
-    headers = http.get("headers") if isinstance(http, Mapping) else None
-    if not isinstance(headers, Mapping):
-        return ""
-    return next((str(v) for k, v in headers.items() if str(k).lower() == "origin"), "")

@@ -124,6 +124,7 @@ class Endpoints:
         max_tokens = clamp_tokens(chat.wanted_tokens(), self.settings)
         decision = self.policy.decide(chat.model, chat.messages, chat.wanted_tokens())
         ex.record.route, ex.record.route_reason = decision.target, decision.reason
+        ex.record.model = chat.model
 
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return chat.upstream_body(config.model, max_tokens)
@@ -171,7 +172,12 @@ class Endpoints:
         return _fitting(HttpResponse(200, buffered(answer.chunks, self._writer(chat, ex)),
                                      dict(SSE_HEADERS)))
 
-    async def _embed(self, inputs: list[str], ex: Exchange) -> dict[str, Any]:
+    async def _embed(self, inputs: list[str], model: str, ex: Exchange) -> dict[str, Any]:
+        # Any name is served by the small tier here; only a name the router knows is recorded
+        # (the span's `gen_ai.request.model`): a caller's free text never reaches a trace.
+        known = model == "auto" or model in self.policy.known_models()
+        ex.record.model = model if known else "other"
+
         def body_for(config: BackendConfig) -> dict[str, Any]:
             return {"model": config.model, "input": inputs}
 
@@ -186,7 +192,7 @@ class Endpoints:
     async def embeddings(self, ex: Exchange) -> HttpResponse:
         """POST /v1/embeddings."""
         body = validate(EmbeddingsRequest, parse_json(ex.request.body))
-        payload = await self._embed(check_inputs(body.input, self.settings), ex)
+        payload = await self._embed(check_inputs(body.input, self.settings), body.model, ex)
         if body.encoding_format == "base64":
             payload = {**payload, "data": [{**item, "embedding": _b64_floats(item["embedding"])}
                                            for item in payload["data"]]}
@@ -236,7 +242,8 @@ class Endpoints:
     async def ai_embeddings(self, ex: Exchange) -> HttpResponse:
         """POST /ai/embeddings: `{text}` -> `{embedding, dimensions, method}`."""
         body = validate(AiEmbeddingsRequest, parse_json(ex.request.body))
-        payload = await self._embed(check_inputs(body.text, self.settings), ex)
+        # /ai/embeddings names no model: the small tier, the only one that embeds, serves it.
+        payload = await self._embed(check_inputs(body.text, self.settings), "small", ex)
         vectors = [item["embedding"] for item in payload["data"]]
         embedding = vectors[0] if isinstance(body.text, str) else vectors
         return _fitting(HttpResponse.json(200, {"embedding": embedding,

@@ -160,7 +160,8 @@ class FallbackEngine:
                 if deadline.expired():
                     break
                 try:
-                    await self.admit_within(name, budget, gpu=deployment.tier == "llm")
+                    await self.admit_within(name, budget, gpu=deployment.tier == "llm",
+                                            record=record)
                 except (CircuitOpen, OverBudget) as exc:
                     record.skip(name, exc.reason)
                     retry_after = max(retry_after, exc.retry_after_s or 0.0)
@@ -186,7 +187,7 @@ class FallbackEngine:
                     too_large = isinstance(exc, ResponseTooLarge)
                     if exc.retry_after_s is not None:
                         retry_after = max(retry_after, exc.retry_after_s)
-                    self.note_failure(name, exc, deadline)
+                    self.note_failure(name, exc, deadline, record)
                     if isinstance(exc, StreamOutOfTime) and delivered:
                         # The caller's time is up mid-answer: no other backend can start now.
                         raise DeadlineExceeded("the deadline ended before the answer did",
@@ -213,7 +214,8 @@ class FallbackEngine:
         answers = [item async for item in self.run(route, source, deadline, record, budget)]
         return answers[-1]
 
-    def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline) -> None:
+    def note_failure(self, name: BackendName, exc: BackendError, deadline: Deadline,
+                     record: RequestRecord | None = None) -> None:
         """A failed attempt: count it on the deployment's breaker (if it is evidence against
         it) and ask for a wake when the failure says it is not running."""
         self.observer.attempt_failed(name, exc.reason)
@@ -225,24 +227,24 @@ class FallbackEngine:
         # milliseconds, and comes back soon after a wake: probe it sooner.
         breaker.record_failure(self.settings.space_probe_s if isinstance(exc, NotReady)
                                else None)
-        self._maybe_wake(name, exc.reason)
+        self._maybe_wake(name, exc.reason, record)
 
-    def admit(self, name: BackendName) -> None:
+    def admit(self, name: BackendName, record: RequestRecord | None = None) -> None:
         """Raise CircuitOpen (with the seconds until its probe) when the deployment is skipped
         for now; a wake is asked for then, if it sleeps."""
         breaker = self.breakers[name]
         if breaker.allow():
             return
-        self._maybe_wake(name, CircuitOpen.reason)
+        self._maybe_wake(name, CircuitOpen.reason, record)
         raise CircuitOpen(f"{name}: circuit open", backend=name, sent=False,
                           retry_after_s=breaker.retry_after_s())
 
     async def admit_within(self, name: BackendName, budget: SpaceBudget | None, *,
-                           gpu: bool) -> None:
+                           gpu: bool, record: RequestRecord | None = None) -> None:
         """`admit`, then the caller's GPU budget (asked for an LLM deployment, `gpu`): raise
         OverBudget when it keeps the request from it (counted only for an attempt that would
         really go out)."""
-        self.admit(name)
+        self.admit(name, record)
         try:
             allowed = budget is None or await budget.admit(gpu)
         except BaseException:
@@ -257,10 +259,12 @@ class FallbackEngine:
         return 0.0 if is_last else min(self.settings.fallback_reserve_ms / 1000.0,
                                        deadline.remaining() / 2)
 
-    def _maybe_wake(self, name: BackendName, reason: str) -> None:
+    def _maybe_wake(self, name: BackendName, reason: str, record: RequestRecord | None
+                    ) -> None:
         waker = self.wakers.get(name)
         if waker is not None and reason in WAKE_REASONS:
-            waker.request(reason)
+            # The wake's log lines name the request whose failure asked for it.
+            waker.request(reason, record.ids() if record is not None else {})
 
     def settle_wakes(self, timeout_s: float) -> float:
         """Wait up to `timeout_s` in all for wakes still in flight; the seconds waited."""

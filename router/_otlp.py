@@ -113,6 +113,9 @@ class OtlpExporter:
         self._unsaid["failed_exports"] += failed
         now = time.monotonic()
         if self._said_at is None or now - self._said_at >= REPORT_EVERY_S:
+            # One line for an interval of many requests' batches (a batch mixes requests):
+            # no one request's id fits it, so it carries counts and a reason, no ids
+            # (tests/router/test_tracing.py pins its fields).
             log.warning("traces not exported", extra={"fields": {
                 "reason": reason, **self._unsaid, "interval_s": REPORT_EVERY_S}})
             self._unsaid = {"failed_exports": 0, "dropped_spans": 0}

@@ -37,6 +37,8 @@ class Hop:
     # tokens (a chunk is about one token), which stand in for it when it did not.
     usage: dict[str, Any] | None = None
     produced: int = 0
+    # The model it named in its answer (its first chunk's, or its JSON's `model`).
+    model: str | None = None
 
     def count(self, _attempt: object) -> None:
         """The retry layer's hook: one more request went out to this backend."""
@@ -78,6 +80,11 @@ class RequestRecord:
     method: str
     path: str
     request_id: str = ""
+    # The request's trace id (W3C), when it is traced: its log lines carry it, and its span
+    # carries `request_id`, so one id leads from either to the other.
+    trace_id: str | None = None
+    # The model the caller asked for (`auto`, `llm`, `small`, an alias): not the backend's.
+    model: str | None = None
     # The policy's choice (`X-Chat-Route`) and why (`X-Chat-Route-Reason`).
     route: str | None = None
     route_reason: str | None = None
@@ -109,6 +116,12 @@ class RequestRecord:
         """The backend the answer (the latest part of it, in a stream) came from."""
         answered = [hop.backend for hop in self.hops if hop.answered]
         return answered[-1] if answered else None
+
+    @property
+    def response_model(self) -> str | None:
+        """The model the backend that answered (its latest part, in a stream) named."""
+        named = [hop.model for hop in self.hops if hop.answered and hop.model]
+        return named[-1] if named else None
 
     @property
     def fallback(self) -> str | None:
@@ -171,9 +184,16 @@ class RequestRecord:
         return {"backend": self.backend or "", "fallback": self.fallback,
                 "attempts": self.attempts, "route": self.route}
 
+    def ids(self) -> dict[str, str]:
+        """The ids every log line of this request carries: its request id, and its trace id
+        when it is traced."""
+        if self.trace_id is None:
+            return {"request_id": self.request_id}
+        return {"request_id": self.request_id, "trace_id": self.trace_id}
+
     def log_fields(self) -> dict[str, Any]:
         """The request's log line (typed: `attempts` is a number)."""
-        return {"request_id": self.request_id, "method": self.method, "path": self.path[:64],
+        return {**self.ids(), "method": self.method, "path": self.path[:64],
                 "status": self.status, "route": self.route, "route_reason": self.route_reason,
                 "backend": self.backend, "fallback": self.fallback,
                 "attempts": self.attempts if self.hops else None, "code": self.code,

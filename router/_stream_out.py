@@ -18,14 +18,16 @@ from typing import Any
 from router._errors import RouterError
 from router._record import RequestRecord
 from router._status import status_for
-from router._stream_read import finish_of
+from router._stream_read import Chunk, finish_of
 
 log = logging.getLogger("router.stream")
 DONE = "data: [DONE]\n\n"
 
 
 def sse(data: dict[str, Any]) -> str:
-    """One server-sent event."""
+    """One server-sent event; a backend's chunk relayed unchanged, as the backend wrote it."""
+    if type(data) is Chunk and data.raw is not None:
+        return f"data: {data.raw}\n\n"
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
@@ -88,7 +90,7 @@ async def relay(first: dict[str, Any], chunks: AsyncGenerator[dict[str, Any], No
     except RouterError as exc:
         record = writer.record
         log.warning("stream failed after content", extra={"fields": {
-            "request_id": record.request_id, "code": exc.code, "attempts": record.attempts}})
+            **record.ids(), "code": exc.code, "attempts": record.attempts}})
         yield writer.error(exc)
         return
     finally:

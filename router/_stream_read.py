@@ -66,6 +66,14 @@ class SseParser:
         return out
 
 
+class Chunk(dict[str, Any]):
+    """A checked chunk, and its event's data as the backend wrote it (`raw`; None when it
+    spans lines): relayed unchanged, that text goes out as it came, not encoded again."""
+
+    __slots__ = ("raw",)
+    raw: str | None
+
+
 def check_chunk(data: str, backend: str) -> dict[str, Any] | None:
     """One event's data as a chunk object, None for `[DONE]`; raise what a bad one means."""
     if data.strip() == "[DONE]":
@@ -85,7 +93,8 @@ def check_chunk(data: str, backend: str) -> dict[str, Any] | None:
                 or not isinstance(delta.get("reasoning_content"), str | None) \
                 or not isinstance(delta.get("tool_calls"), list | None):
             raise BackendProtocolError(f"{backend}: malformed stream delta", backend=backend)
-    checked: dict[str, Any] = chunk
+    checked = Chunk(chunk)
+    checked.raw = None if "\n" in data or "\r" in data else data.strip()
     return checked
 
 
@@ -116,6 +125,71 @@ def finish_of(chunk: dict[str, Any]) -> str | None:
     return str(reason) if reason else None
 
 
+class ReadWatch:
+    """One timer per stream for its reads' limits (a new `asyncio.timeout` per read would
+    schedule and cancel a timer for every chunk: two heap operations per token).
+
+    Each read says when it must have ended (`arm`); the one timer, scheduled for the earliest
+    limit, finds on firing whether the read in flight is past its own limit, and cancels the
+    reading task only then. Otherwise it waits for that read's limit, or for the next read to
+    arm it. A chunk every 20 ms with an 8 s stall limit fires it once in 8 s, not 50 times a
+    second. Limits between reads (while the caller handles a chunk) never run.
+    """
+
+    # A timer may run a little before its time (the loop's clock resolution; uvloop counts
+    # milliseconds): within this much of its limit, a read is over it.
+    SLACK_S = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.read_by = 0.0
+        self.reading: asyncio.Task[Any] | None = None
+        self.fired = False
+        self.cancelling = 0
+        self._when = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, read_by: float) -> None:
+        """A read starts, in the current task, and must end by `read_by` (the loop's clock)."""
+        task = asyncio.current_task()
+        self.reading, self.read_by = task, read_by
+        self.cancelling = task.cancelling() if task is not None else 0
+        if self._timer is None or read_by < self._when:
+            self._schedule(read_by)
+
+    def disarm(self) -> bool:
+        """The read ended; whether this watch cancelled it (then the task is uncancelled, as
+        `asyncio.timeout` does, unless someone else cancelled it too)."""
+        task, self.reading = self.reading, None
+        if not self.fired:
+            return False
+        self.fired = False
+        return task is None or task.uncancel() <= self.cancelling
+
+    def close(self) -> None:
+        """The stream ended: no timer outlives it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.reading = None
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._when, self._timer = when, self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        task = self.reading
+        if task is None:
+            return  # between reads: the next read arms it again
+        if self.loop.time() + self.SLACK_S < self.read_by:
+            self._schedule(self.read_by)  # a later read's limit
+            return
+        self.fired = True
+        task.cancel()
+
+
 async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLimits, *,
                       started: float, end: float, first_by: float | None = None,
                       parser: SseParser | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -132,39 +206,48 @@ async def read_chunks(body: AsyncIterator[bytes], backend: str, limits: StreamLi
     parser = parser or SseParser()
     seen_content = False
     first_end = end if first_by is None else min(first_by, end)
-    while True:
-        if seen_content:
-            read_by, what = loop.time() + limits.stall_s, "stalled"
-            out_of_time = end < read_by
-            read_by = min(read_by, end)
-        else:
-            read_by, what = min(started + limits.first_token_s, first_end), \
-                "no first token in time"
-            out_of_time = False
-        try:
-            async with asyncio.timeout_at(read_by):
+    watch = ReadWatch(loop)
+    try:
+        while True:
+            if seen_content:
+                read_by, what = loop.time() + limits.stall_s, "stalled"
+                out_of_time = end < read_by
+                read_by = min(read_by, end)
+            else:
+                read_by, what = min(started + limits.first_token_s, first_end), \
+                    "no first token in time"
+                out_of_time = False
+            watch.arm(read_by)
+            try:
                 data = await anext(body)
-        except StopAsyncIteration:
-            if parser.partial():  # a chunk cut in the middle: never passed on
-                raise BackendProtocolError(f"{backend}: stream cut inside a chunk",
-                                           backend=backend) from None
-            raise StreamCut(f"{backend}: stream ended without a finish_reason",
-                            backend=backend) from None
-        except TimeoutError:
-            if out_of_time:
-                raise StreamOutOfTime(f"{backend}: out of time while producing",
-                                      backend=backend) from None
-            raise StreamStalled(f"{backend}: stream {what}", backend=backend) from None
-        events = parser.feed(data)
-        for index, event in enumerate(events):
-            chunk = check_chunk(event, backend)
-            if chunk is None:
-                raise StreamCut(f"{backend}: [DONE] without a finish_reason", backend=backend)
-            seen_content = seen_content or makes_progress(chunk)
-            yield chunk
-            if finish_of(chunk):
-                parser.rest = events[index + 1:]
-                return
+            except StopAsyncIteration:
+                watch.disarm()
+                if parser.partial():  # a chunk cut in the middle: never passed on
+                    raise BackendProtocolError(f"{backend}: stream cut inside a chunk",
+                                               backend=backend) from None
+                raise StreamCut(f"{backend}: stream ended without a finish_reason",
+                                backend=backend) from None
+            except asyncio.CancelledError:
+                if not watch.disarm():
+                    raise  # the caller's cancel (a client gone), not a limit
+                if out_of_time:
+                    raise StreamOutOfTime(f"{backend}: out of time while producing",
+                                          backend=backend) from None
+                raise StreamStalled(f"{backend}: stream {what}", backend=backend) from None
+            watch.disarm()
+            events = parser.feed(data)
+            for index, event in enumerate(events):
+                chunk = check_chunk(event, backend)
+                if chunk is None:
+                    raise StreamCut(f"{backend}: [DONE] without a finish_reason",
+                                    backend=backend)
+                seen_content = seen_content or makes_progress(chunk)
+                yield chunk
+                if finish_of(chunk):
+                    parser.rest = events[index + 1:]
+                    return
+    finally:
+        watch.close()
 
 
 def usage_in(events: Iterable[str]) -> dict[str, Any] | None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 class Traced(Protocol):
     """A request's trace, as the backends' clients see it (router/_tracing.py's RequestTrace)."""
 
+    trace_id: str  # W3C's 32 hex digits: what the request's log lines carry
+
     def outgoing(self, backend: str) -> dict[str, str]:
         """Start an attempt span; the trace context headers (`traceparent`, and `tracestate`
         when the caller sent one) that pass it on to the backend."""
@@ -55,6 +57,8 @@ class Observer:
     """The hooks the router calls; this base does nothing (the function's default)."""
 
     active = False  # the router skips building records for an observer that ignores them
+    # Whether it wants `wake_ready`: the wake's thread then watches a restarted deployment.
+    times_wakes = False
 
     def request_started(self, headers: Mapping[str, str]) -> None:
         """A request arrived (its headers); called only when `active`."""
@@ -69,6 +73,10 @@ class Observer:
         """A wake of a Space or an endpoint (`backend`, its name) was tried: the stage or
         status seen (`error` when the Hub failed), and whether it was restarted or resumed."""
 
+    def wake_ready(self, backend: str, seconds: float) -> None:
+        """A deployment restarted (resumed) by a wake runs again, `seconds` after the wake was
+        asked for (reported only when `times_wakes`)."""
+
     def flush(self, timeout_s: float) -> None:
         """Send what is buffered, waiting at most `timeout_s` (the function, before it
         returns: the platform freezes the container then)."""
@@ -80,6 +88,7 @@ class Observers(Observer):
     def __init__(self, members: list[Observer]) -> None:
         self.members = members
         self.active = any(member.active for member in members)
+        self.times_wakes = any(member.times_wakes for member in members)
 
     def request_started(self, headers: Mapping[str, str]) -> None:
         """Each member's `request_started`."""
@@ -100,6 +109,11 @@ class Observers(Observer):
         """Each member's `wake_checked`."""
         for member in self.members:
             member.wake_checked(backend, reason, stage, restarted)
+
+    def wake_ready(self, backend: str, seconds: float) -> None:
+        """Each member's `wake_ready`."""
+        for member in self.members:
+            member.wake_ready(backend, seconds)
 
     def flush(self, timeout_s: float) -> None:
         """Each member's `flush`, within one `timeout_s` in all."""

@@ -167,8 +167,11 @@ class Tracer(Observer):
         trace.end_attempt(None)
         if not trace.sampled:
             return  # the caller decided: not recorded, though its context went on
+        # The model each backend named in its answer (its attempts' `gen_ai.response.model`).
+        named = {hop.backend: hop.model for hop in record.hops if hop.model}
         self.exporter.submit([self._request_span(trace, record),
-                              *(self._attempt_span(trace, attempt, operation(record.path))
+                              *(self._attempt_span(trace, attempt, operation(record.path),
+                                                   named.get(attempt.backend))
                                 for attempt in trace.attempts)])
 
     def flush(self, timeout_s: float) -> None:
@@ -178,7 +181,9 @@ class Tracer(Observer):
 
     def _request_span(self, trace: RequestTrace, record: RequestRecord) -> dict[str, Any]:
         op = operation(record.path)
-        model = self.models.get(record.backend or "")
+        # GenAI conventions: the request's model is the one the caller asked for (`llm`,
+        # `auto`), the response's the one the answering backend named in its answer.
+        model = record.model
         span: dict[str, Any] = {
             "traceId": trace.trace_id, "spanId": trace.span_id,
             "name": f"{op} {model}" if op and model else (op or record.method),
@@ -187,11 +192,12 @@ class Tracer(Observer):
             "attributes": _attributes({
                 "gen_ai.operation.name": op, "gen_ai.provider.name": "openai" if op else None,
                 "gen_ai.request.model": model,
+                "gen_ai.response.model": record.response_model,
                 "gen_ai.usage.input_tokens": record.prompt_tokens,
                 "gen_ai.usage.output_tokens": record.completion_tokens,
                 "http.request.method": record.method,
                 "http.response.status_code": record.status,
-                "error.type": record.code,
+                "error.type": record.code, "chat.request_id": record.request_id,
                 "chat.route": record.route, "chat.backend": record.backend,
                 "chat.fallback": record.fallback, "chat.attempts": record.attempts,
                 "chat.streamed": record.streamed})}
@@ -201,8 +207,8 @@ class Tracer(Observer):
             span["status"] = {"code": STATUS_ERROR}
         return span
 
-    def _attempt_span(self, trace: RequestTrace, attempt: SpanTimes, op: str | None
-                      ) -> dict[str, Any]:
+    def _attempt_span(self, trace: RequestTrace, attempt: SpanTimes, op: str | None,
+                      answered_by: str | None) -> dict[str, Any]:
         model = self.models.get(attempt.backend)
         span: dict[str, Any] = {
             "traceId": trace.trace_id, "spanId": attempt.span_id,
@@ -211,7 +217,8 @@ class Tracer(Observer):
             "endTimeUnixNano": str(max(attempt.end_ns, attempt.start_ns)),
             "attributes": _attributes({
                 "gen_ai.operation.name": op, "gen_ai.provider.name": "openai" if op else None,
-                "gen_ai.request.model": model, "chat.backend": attempt.backend,
+                "gen_ai.request.model": model, "gen_ai.response.model": answered_by,
+                "chat.backend": attempt.backend,
                 "chat.attempt": attempt.number, "error.type": attempt.error})}
         if attempt.error:
             span["status"] = {"code": STATUS_ERROR}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -30,6 +30,9 @@ WAKE_STAGES = frozenset({"SLEEPING", "STOPPED", "PAUSED", "RUNTIME_ERROR"})
 READY_STAGES = frozenset({"RUNNING"})
 STARTING_STAGES = frozenset({"BUILDING", "RUNNING_BUILDING", "APP_STARTING",
                              "RUNNING_APP_STARTING"})
+BROKEN_STAGES = frozenset({"RUNTIME_ERROR", "BUILD_ERROR", "CONFIG_ERROR", "NO_APP_FILE"})
+# The longest a restart is watched: a Space that has not run after this is broken, not waking.
+WATCH_LIMIT_S = 1_800.0
 
 
 class SpaceHub(Protocol):
@@ -129,9 +132,18 @@ class Waker:
         self.restarted = False
         # The observer's hook (router/_telemetry.py): deployment, reason, stage seen, woken?
         self.on_checked: Callable[[str, str, str, bool], None] | None = None
+        # Set by an observer that times wakes (the service's metrics): after a restart, the
+        # wake's thread asks the Hub every `wake_poll_ms` until the deployment runs, then
+        # reports (deployment, seconds from the wake request). Never set in the function,
+        # whose container is frozen between requests.
+        self.on_ready: Callable[[str, float], None] | None = None
+        self.poll_s = settings.wake_poll_ms / 1000.0
+        self._closed = threading.Event()
 
-    def request(self, reason: str) -> threading.Thread | None:
-        """Start a wake in the background if allowed; return its thread, or None."""
+    def request(self, reason: str, ids: Mapping[str, str] | None = None
+                ) -> threading.Thread | None:
+        """Start a wake in the background if allowed; return its thread, or None. `ids` (the
+        asking request's id and trace id) go on the wake's log lines."""
         if not self.enabled or not self.gate.claim():
             return None
         if self.hub is None and self.kind == "space":
@@ -142,8 +154,8 @@ class Waker:
             from router._endpoint_api import EndpointRest
 
             self._own = self.hub = EndpointRest(self._base, self._token)
-        thread = threading.Thread(target=self._wake, args=(reason,), name=f"wake-{self.name}",
-                                  daemon=True)
+        thread = threading.Thread(target=self._wake, args=(reason, dict(ids or {})),
+                                  name=f"wake-{self.name}", daemon=True)
         thread.start()
         self._thread = thread
         return thread
@@ -171,16 +183,18 @@ class Waker:
                 "checked_s_ago": ago}
 
     def close(self) -> None:
-        """Close our own Hub client (one handed in belongs to the caller)."""
+        """Stop a wake's watch; close our own Hub client (one handed in is the caller's)."""
+        self._closed.set()
         if self._own is not None:
             self._own.close()
 
-    def _wake(self, reason: str) -> None:
+    def _wake(self, reason: str, ids: dict[str, str]) -> None:
         from router._endpoint_api import wake_endpoint  # loaded already by `request`
 
+        started = time.monotonic()  # the wake request: what `router_space_wake_seconds` times
         wake: Wake = (lambda: wake_space(self.hub, self.hub_id)) if self.kind == "space" \
             else (lambda: wake_endpoint(self.hub, self.hub_id))
-        fields: dict[str, Any] = {"backend": self.name, "reason": reason}
+        fields: dict[str, Any] = {**ids, "backend": self.name, "reason": reason}
         try:
             stage, restarted = wake()
         except HubError as exc:
@@ -192,6 +206,42 @@ class Waker:
         self.state, self.restarted, self.checked_at = stage, restarted, time.monotonic()
         if self.on_checked is not None:
             self.on_checked(self.name, reason, stage, restarted)
+        on_ready = self.on_ready
+        if restarted and on_ready is not None:
+            ready = self._watch(started)
+            if ready is not None:
+                on_ready(self.name, ready)
+
+    def _watch(self, started: float) -> float | None:
+        """Ask the Hub every `poll_s` until the deployment runs; the seconds from `started`
+        to the answer that said so (None: it broke, the watch ran out, or we closed)."""
+        from router._endpoint_api import BROKEN_STATUSES, READY_STATUSES, split_id, status_of
+
+        if self.kind == "space":
+            ready, broken = READY_STAGES, BROKEN_STAGES
+
+            def read() -> str:
+                return stage_of(self.hub.get_space_runtime(self.hub_id))
+        else:
+            ready, broken = READY_STATUSES, BROKEN_STATUSES
+            namespace, name = split_id(self.hub_id)
+
+            def read() -> str:
+                return status_of(self.hub.get_inference_endpoint(name, namespace=namespace))
+
+        while not self._closed.wait(self.poll_s):
+            if time.monotonic() - started > WATCH_LIMIT_S:
+                return None
+            try:
+                stage = read()
+            except HubError:
+                continue  # the Hub failing once says nothing about the deployment
+            self.state, self.checked_at = stage, time.monotonic()
+            if stage in ready:
+                return self.checked_at - started
+            if stage in broken:
+                return None
+        return None
 
 
 def wakers(settings: Settings, hub: SpaceHub | None = None) -> dict[str, Waker]:

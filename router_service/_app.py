@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from router_service._metrics import CONTENT_TYPE, RouterMetrics
 STATIC = Path(__file__).resolve().parent / "static"
 # Prometheus' scrape path, beside the function's prefix (behind the same credential).
 METRICS_PATH = "/metrics"
-log = logging.getLogger("router.request")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -145,12 +143,9 @@ class RouterService:
 
     @staticmethod
     def _too_large(router: ChatRouter, head: HttpRequest, limit: int) -> HttpResponse:
-        # Refused before the router saw it: logged here, as the function's edge logs its own.
-        log.warning("request refused at the edge", extra={"fields": {"code": "payload_too_large"}})
-        response = error_response(PayloadTooLarge(f"the body is larger than {limit} bytes"))
-        # A browser must be able to read why it was refused.
-        response.headers.update(router.cors.headers_for(head.header("origin")))
-        return response
+        # Logged, counted and traced by the router like any refusal (with CORS headers, so a
+        # browser can read why).
+        return router.refuse(head, PayloadTooLarge(f"the body is larger than {limit} bytes"))
 
     def _scrape(self, metrics: RouterMetrics, headers: dict[str, str], scope: Scope
                 ) -> HttpResponse:

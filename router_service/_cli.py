@@ -7,6 +7,7 @@ doctl); the deadline from project.yml's `limits.timeout`, as on DigitalOcean.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -83,14 +84,15 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
         return 3
-    configure_logging(settings)
+    configure_logging(settings, also=("uvicorn",))  # its lines as JSON too
     try:
         service = Service(ChatRouter(settings), namespace=args.namespace, timeout_ms=timeout_ms,
                           host=args.host, port=args.port, limits=limits)
     except OSError as exc:
         sys.stderr.write(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
         return 2
-    sys.stderr.write(f"chat/ask at {service.function_url} (timeout {timeout_ms} ms)\n")
+    logging.getLogger("router.service").info("serving", extra={"fields": {
+        "function_url": service.function_url, "timeout_ms": timeout_ms}})
     service.serve_forever()  # SIGINT / SIGTERM: streams in flight finish, then it exits
     return 0 if service.server.started else 3  # 3: a bad setting stopped the startup
 

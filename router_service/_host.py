@@ -32,8 +32,10 @@ class UvicornHost:
         options.setdefault("loop", "uvloop" if fast else "asyncio")
         options.setdefault("http", "httptools" if fast else "h11")
         self.server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=0, lifespan="on", log_level="warning",
-            access_log=False, server_header=False, date_header=False, **options))
+            app, host=host, port=0, lifespan="on", log_level="warning", access_log=False,
+            # uvicorn's own lines go through the service's JSON handler (router_service's
+            # CLI: `configure_logging`), not its plain-text one.
+            log_config=None, server_header=False, date_header=False, **options))
         self._thread: threading.Thread | None = None
 
     @property

@@ -7,8 +7,6 @@ registry, so two in one process (the tests) never mix their counts.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -45,11 +43,10 @@ class RouterMetrics(Observer):
     """The router's observer: counters and histograms, and the text `/metrics` answers."""
 
     active = True
+    times_wakes = True
 
-    def __init__(self, circuit_states: Callable[[], Mapping[str, str]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, circuit_states: Callable[[], Mapping[str, str]]) -> None:
         self.registry = CollectorRegistry()
-        self._clock = clock
         registry = self.registry
         self.requests = Counter(
             "router_requests", "Requests answered, by route, backend, fallback reason, status",
@@ -76,11 +73,10 @@ class RouterMetrics(Observer):
             "router_space_wakes", "Wakes of a Space or an endpoint tried, by what the Hub said",
             ["backend", "outcome"], registry=registry)
         self.wake_seconds = Histogram(
-            "router_space_wake_seconds", "From a restart (resume) to the deployment's first "
-            "answer", ["backend"], buckets=WAKE_BUCKETS, registry=registry)
+            "router_space_wake_seconds", "From a wake's request to the Hub's first answer that "
+            "the restarted (resumed) deployment runs", ["backend"], buckets=WAKE_BUCKETS,
+            registry=registry)
         registry.register(_Circuits(circuit_states))
-        self._lock = threading.Lock()
-        self._restarted_at: dict[str, float] = {}
 
     def request_done(self, record: RequestRecord) -> None:
         """Count one answered request."""
@@ -103,22 +99,16 @@ class RouterMetrics(Observer):
             self.quota.labels("requests").inc()
         elif record.fallback == "quota":
             self.quota.labels("gpu").inc()
-        if record.backend is not None and record.status < 400:
-            self._answered(record.backend)
 
     def wake_checked(self, backend: str, reason: str, stage: str, restarted: bool) -> None:
-        """Count a wake; a restart starts the clock that the deployment's next answer stops."""
+        """Count a wake."""
         self.wakes.labels(backend, "restarted" if restarted else (
             "failed" if stage == "error" else "not_needed")).inc()
-        if restarted:
-            with self._lock:
-                self._restarted_at[backend] = self._clock()
 
-    def _answered(self, backend: str) -> None:
-        with self._lock:
-            started = self._restarted_at.pop(backend, None)
-        if started is not None:
-            self.wake_seconds.labels(backend).observe(self._clock() - started)
+    def wake_ready(self, backend: str, seconds: float) -> None:
+        """Time a wake: from its request to the Hub's word that the deployment runs (the
+        wake's own thread watches for it), never the idle time until the next answer."""
+        self.wake_seconds.labels(backend).observe(seconds)
 
     def exposition(self) -> bytes:
         """The text `/metrics` answers."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def stack(make_main: Any, worker_server: str) -> Iterator[dict[str, Any]]:
         main = make_main({"WORKER_URL": worker_server, "WORKER_TOKEN": WORKER_API_TOKEN,
                           "SPACE_URL": space_url, "SPACE_TOKEN": SPACE_TOKEN,
                           "SPACE_ID": SPACE_ID, "HF_TOKEN": HF_TOKEN, "HF_ENDPOINT": hub_url,
-                          "RATE_LIMIT_PER_MINUTE": "3", "ROUTER_DEADLINE_MS": "20000"})
+                          "RATE_LIMIT_PER_MINUTE": "3", "ROUTER_DEADLINE_MS": "20000",
+                          "WAKE_POLL_MS": "50"})
         service = serve_main(main, namespace="metrics", port=0)
         try:
             yield {"service": service, "space": space, "hub": hub, "main": main,
@@ -115,12 +117,16 @@ def test_metrics_move_by_exactly_what_happened(stack: dict[str, Any], worker_ser
         fell_back = chat(client, base, "llm")
         assert fell_back.status_code == 200
         assert fell_back.headers["x-chat-fallback"] == "space_sleeping"
-        # The wake runs on its own thread: wait for it to end (the function's edge does too).
-        stack["main"].__globals__["FUNCTION"].router().engine.wakers["space"].settle(10)
+        # The wake runs on its own thread: wait for its restart, then (the Space RUNNING
+        # again) for its watch to see it and end.
+        end = time.monotonic() + 10
+        while hub.restarts == 0 and time.monotonic() < end:
+            time.sleep(0.01)
         assert hub.restarts == 1
         streamed_headers, last = stream(client, base)
         space.mode = "ok"
         hub.advance()  # the Space is RUNNING again
+        stack["main"].__globals__["FUNCTION"].router().engine.wakers["space"].settle(10)
         from_space = chat(client, base, "llm")
         refused = chat(client, base, "small")
 

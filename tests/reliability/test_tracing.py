@@ -69,10 +69,13 @@ def test_a_stream_that_failed_over_is_one_trace_continued_from_the_caller(
     assert {s.trace_id for s in spans} == {trace_id}
     assert request.parent_span_id == caller_span
     assert request.service == "chat-router-test"
-    assert request.name == "chat small"
+    # GenAI conventions: the model the caller asked for, and the one that answered (the
+    # worker's served name, as its answer named it).
+    assert request.name == "chat llm"
     attrs = request.attributes
     assert attrs["gen_ai.operation.name"] == "chat"
-    assert attrs["gen_ai.request.model"] == "small"
+    assert attrs["gen_ai.request.model"] == "llm"
+    assert attrs["gen_ai.response.model"] == "tiny"
     assert (attrs["chat.backend"], attrs["chat.route"], attrs["chat.attempts"]) == \
         ("worker", "space", 2)
     assert attrs["chat.fallback"] == facts["fallback"]
