@@ -21,7 +21,6 @@ llama-server); `--formats q8_0,file,q4_0` also measures the bare server on each 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
@@ -64,6 +63,7 @@ class Side:
     url: str
     headers: dict[str, str]
     process: subprocess.Popen[bytes]
+    embeddings: bool = False
     runs: dict[str, list[float]] = field(default_factory=lambda: {"1": [], "16": []})
 
 
@@ -101,39 +101,36 @@ def chat_engine(front_pid: int) -> tuple[list[str], dict[str, str]]:
     raise RuntimeError("the front runs no chat llama-server")
 
 
-def rebind(argv: list[str], env: dict[str, str], port: int) -> list[str]:
-    """The same command line, listening on `port` instead."""
+# Where and to whom the server listens: set per side, not compared.
+_LISTEN = {"--host", "--port", "--api-key", "--api-key-file"}
+_LISTEN_ENV = {"LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_API_KEY", "LLAMA_ARG_API_KEY_FILE"}
+
+
+def rebind(argv: list[str], env: dict[str, str], port: int) -> tuple[list[str], dict[str, str]]:
+    """The same command line and environment, listening on 127.0.0.1:`port` with no key (the
+    front's engine may listen on a socket of its own, with a key file only it can read)."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--port":
+        elif arg in _LISTEN:
             skip = True
-        elif not arg.startswith("--port="):
+        elif arg.split("=", 1)[0] not in _LISTEN:
             out.append(arg)
-    env.pop("LLAMA_ARG_PORT", None)
-    return [*out, "--port", str(port)]
-
-
-def api_key(argv: list[str], env: dict[str, str]) -> str | None:
-    """The key the server was given (argument, environment or key file), if any."""
-    for flag, value in itertools.pairwise(argv):
-        if flag == "--api-key":
-            return value
-        if flag == "--api-key-file":
-            return Path(value).read_text().split()[0]
-    if "LLAMA_ARG_API_KEY_FILE" in env:
-        return Path(env["LLAMA_ARG_API_KEY_FILE"]).read_text().split()[0]
-    return env.get("LLAMA_ARG_API_KEY")
+    kept = {k: v for k, v in env.items() if k not in _LISTEN_ENV}
+    return [*out, "--host", "127.0.0.1", "--port", str(port)], kept
 
 
 def bare_argv(weights: Path, threads: int, port: int) -> list[str]:
-    """llama-server as the issue sets it up for the worker, for when no front runs it."""
+    """llama-server set up as the issue asks for the worker's chat (16 slots over one q8_0 KV
+    cache, no host prompt cache, metrics on), for when no front runs it."""
     from ai_space.llama.variants import engine_binary
 
-    return [str(engine_binary()), "-m", str(weights), "--host", "127.0.0.1", "--port",
-            str(port), "-t", str(threads), "-np", "16", "-c", "8192", "--kv-unified", "-ctk",
-            "q8_0", "-ctv", "q8_0", "--cache-ram", "0", "--metrics"]
+    return [str(engine_binary()), "--model", str(weights), "--threads", str(threads),
+            "--threads-batch", str(threads), "--parallel", "16", "--ctx-size", "8192",
+            "--kv-unified", "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
+            "--flash-attn", "on", "--cache-ram", "0", "--metrics", "--no-webui", "--jinja",
+            "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -157,8 +154,7 @@ def start_bare(argv: list[str], env: dict[str, str], name: str = "bare") -> Side
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     _ready(url, process)
-    key = api_key(argv, env)
-    return Side(name, url, {"Authorization": f"Bearer {key}"} if key else {}, process)
+    return Side(name, url, {}, process)
 
 
 def start_front(threads: int, tokens: int) -> Side:
@@ -168,7 +164,7 @@ def start_front(threads: int, tokens: int) -> Side:
                       "MAX_QUEUE": "64", "MAX_TOKENS": str(tokens), "DEVICE": "cpu",
                       "MODEL_ID": "pkg:smollm2", "EMBEDDING_MODEL_ID": "pkg:minilm"}, port)
     return Side("front", f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"},
-                process)
+                process, embeddings=True)
 
 
 def _stream(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
@@ -227,7 +223,7 @@ def _stop(side: Side) -> None:
 
 def _embed(side: Side) -> None:
     # Use the embeddings model too, so the front's peak RSS includes it serving.
-    if side.name == "front":
+    if side.embeddings:
         httpx.post(f"{side.url}/v1/embeddings", headers=side.headers, timeout=120,
                    json={"input": PROMPTS * 8}).raise_for_status()
 
@@ -242,12 +238,8 @@ def _weights(fmt: str) -> Path:
 
 
 def shown(argv: list[str]) -> str:
-    """The command line for the record: file names without their folders, no key."""
-    out = []
-    for i, arg in enumerate(argv):
-        hidden = i > 0 and argv[i - 1] == "--api-key"
-        out.append("(key)" if hidden else Path(arg).name if arg.startswith("/") else arg)
-    return " ".join(out)
+    """The command line for the record: file names without their folders."""
+    return " ".join(Path(arg).name if arg.startswith("/") else arg for arg in argv)
 
 
 def front_vs_bare(threads: int, tokens: int, bare_both: bool) -> dict[str, Any]:
@@ -257,8 +249,8 @@ def front_vs_bare(threads: int, tokens: int, bare_both: bool) -> dict[str, Any]:
     else:
         front = start_front(threads, tokens)
     try:
-        argv, env = chat_engine(front.process.pid)
-        bare = start_bare(rebind(argv, env, free_port()), env)
+        argv, env = rebind(*chat_engine(front.process.pid), free_port())
+        bare = start_bare(argv, env)
         try:
             figures = measure([front, bare], tokens, _embed)
         finally:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
 import httpx
 import pytest
 
@@ -30,7 +31,9 @@ from ai_space.llama.variants import (
     cpu_flags,
     engine_binary,
     engine_home,
+    engine_version,
 )
+from ai_space.llama.weights import chat_weights
 from ai_space.models.packaged import resolve
 from bench.common import free_port
 
@@ -42,6 +45,8 @@ AMX = re.compile(r"\s(ldtilecfg|sttilecfg|tilerelease|tilezero|tileloadd|tileloa
 # Any use of a 512-bit register or an AVX-512 mask register is AVX-512 code.
 AVX512 = re.compile(r"%zmm\d|%k[1-7]\b")
 FMA = re.compile(r"\svfmadd\d+ps\s")
+# AVX-VNNI: the VEX-encoded dot products, which objdump marks {vex}; AVX-512 VNNI's are EVEX.
+AVX_VNNI = re.compile(r"\{vex\} vpdp(bu|ws)sds?\s")
 
 # What each CPU reports in /proc/cpuinfo (the vector flags; the rest do not matter here).
 BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx f16c fma avx2 bmi1 bmi2 xsave"
@@ -175,25 +180,28 @@ def _disassembly(lib: Path) -> str:
 
 
 def test_the_patterns_find_amx_and_avx512_where_they_are(tmp_path: Path) -> None:
-    """GIVEN an object assembled here with AMX instructions and one AVX-512 add WHEN disassembled
-    and searched as the build is below THEN every AMX instruction and the zmm operands are
-    found (so a clean library is clean, not a pattern that matches nothing)."""
+    """GIVEN an object assembled here with AMX instructions, one AVX-512 add and one AVX-VNNI dot
+    product WHEN disassembled and searched as the build is below THEN every AMX instruction, the
+    zmm operands and the VEX dot product are found (so a clean library is clean, not a pattern
+    that matches nothing)."""
     _binutils()
     source = tmp_path / "amx.s"
     source.write_text("ldtilecfg (%rdi)\ntilezero %tmm0\ntileloadd (%rsi,%rdx,1), %tmm1\n"
                       "tdpbssd %tmm2, %tmm1, %tmm0\ntilestored %tmm0, (%rdi,%rdx,1)\n"
-                      "tilerelease\nvaddps %zmm1, %zmm2, %zmm3\n")
+                      "tilerelease\nvaddps %zmm1, %zmm2, %zmm3\n"
+                      "{vex} vpdpbusd %ymm1, %ymm2, %ymm3\n")
     subprocess.run(["as", str(source), "-o", str(tmp_path / "amx.o")], check=True)
     code = _disassembly(tmp_path / "amx.o")
     assert {m.group(1) for m in AMX.finditer(code)} == {
         "ldtilecfg", "tilezero", "tileloadd", "tdpbssd", "tilestored", "tilerelease"}
     assert len(AVX512.findall(code)) == 3
+    assert len(AVX_VNNI.findall(code)) == 1
 
 
 def test_nothing_shipped_holds_amx_and_only_avx512_variants_use_zmm(home: Path) -> None:
     """GIVEN every shared object and program in the built folder WHEN disassembled THEN not one
-    AMX instruction; the haswell variant has FMA kernels and no AVX-512 register, the AVX-512
-    variants do use zmm registers."""
+    AMX instruction and no AVX-VNNI (VEX) dot product; the haswell variant has FMA kernels and
+    no AVX-512 register, the AVX-512 variants do use zmm registers."""
     seen: set[int] = set()
     files = sorted(p for p in home.rglob("*") if p.is_file() and not p.is_symlink()
                    and p.read_bytes()[:4] == b"\x7fELF")
@@ -205,6 +213,7 @@ def test_nothing_shipped_holds_amx_and_only_avx512_variants_use_zmm(home: Path) 
         code = _disassembly(path)
         amx = sorted({m.group(1) for m in AMX.finditer(code)})
         assert not amx, f"{path.relative_to(home)} holds AMX instructions: {amx}"
+        assert not AVX_VNNI.search(code), f"{path.relative_to(home)} holds AVX-VNNI code"
         if path.name == "libggml-cpu-haswell.so":
             assert not AVX512.findall(code), f"{path.name} uses AVX-512"
             assert len(FMA.findall(code)) > 100, f"{path.name} has no FMA kernels"
@@ -279,3 +288,21 @@ def test_make_and_the_worker_image_build_with_the_same_script() -> None:
     assert "$(VENV)/llama" in makefile
     worker = (ROOT / "ai_space" / "requirements-worker.txt").read_text()
     assert "llama-cpp-python" not in worker
+
+
+def test_llama_quantize_from_the_build_makes_the_weights_once(home: Path, tmp_path: Path) -> None:
+    """GIVEN the packaged Q4_1 SmolLM2 and an empty cache WHEN its Q8_0 form is asked for THEN
+    the built llama-quantize writes one GGUF whose layer weights are Q8_0, named for the engine's
+    version; WHEN asked again THEN the same file comes back, unwritten (same inode and mtime)."""
+    source = resolve("pkg:smollm2", None).gguf_path
+    assert source is not None
+    made = chat_weights(source, "q8_0", cache=tmp_path)
+    assert sorted(tmp_path.iterdir()) == [made] and f"llama{engine_version()}" in made.name
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(made)).tensors
+             if t.name.startswith("blk.") and t.name.endswith("_up.weight")}
+    assert types == {"Q8_0"}
+    first = made.stat()
+    assert chat_weights(source, "q8_0", cache=tmp_path) == made
+    again = made.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert chat_weights(source, "file", cache=tmp_path) == source
