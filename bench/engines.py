@@ -194,15 +194,20 @@ def rate(client: httpx.Client, streams: int, max_tokens: int) -> float:
 
 def measure(sides: list[Side], tokens: int, embed: Callable[[Side], None]) -> dict[str, Any]:
     """Alternate the sides run by run; the median of 3 single streams, the best of 2 crowds."""
+    # A fresh connection per request, on both sides: llama-server (cpp-httplib) drops a kept-alive
+    # connection after a streamed answer, and the next request on it fails unanswered.
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=0)
     clients = {s.name: httpx.Client(base_url=s.url, headers=s.headers, timeout=900,
-                                    limits=httpx.Limits(max_connections=32)) for s in sides}
+                                    limits=limits) for s in sides}
     try:
         for side in sides:
             embed(side)
             _stream(clients[side.name], 4)  # warm-up
+        log.info("one stream, 3 rounds: %s", ", ".join(s.name for s in sides))
         for _ in range(3):
             for side in sides:
                 side.runs["1"].append(rate(clients[side.name], 1, tokens))
+        log.info("16 concurrent, 2 rounds")
         for _ in range(2):
             for side in sides:
                 side.runs["16"].append(rate(clients[side.name], 16, tokens))
