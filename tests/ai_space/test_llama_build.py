@@ -145,6 +145,25 @@ def test_the_cache_key_changes_with_the_flags_and_the_variants(tmp_path: Path) -
     assert len(keys) == 3 and all(re.fullmatch(r"[0-9a-f]{16}", key) for key in keys)
 
 
+def test_an_engine_not_built_says_to_run_make_venv(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN LLAMA_SERVER_HOME naming an empty folder WHEN a program is asked for THEN
+    EngineMissing (a ConfigError) names the folder and `make venv`; WHEN the folder holds a
+    BUILD record but not the chosen variant's files THEN the same."""
+    monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path))
+    assert engine_home() == tmp_path
+    with pytest.raises(EngineMissing, match=r"make venv") as missing:
+        engine_binary()
+    assert str(tmp_path) in str(missing.value)
+    (tmp_path / "BUILD").write_text(f"version 0.3.36\nvariants {_script('--variants')}\n")
+    (tmp_path / "haswell").mkdir()
+    (tmp_path / "haswell" / "libggml-cpu-haswell.so").write_bytes(b"")
+    with pytest.raises(EngineMissing, match=r"make venv"):
+        engine_binary("llama-server", HASWELL)
+    with pytest.raises(ValueError, match="llama-cli"):
+        engine_binary("llama-cli")
+
+
 @pytest.fixture(scope="module")
 def home() -> Path:
     """The built engine, as the server finds it."""
