@@ -1,9 +1,9 @@
 """Which build of llama.cpp's CPU kernels this process runs, and where its programs are.
 
 ai_space/llama/build_server.sh builds `llama-server` and `llama-quantize` once, and the CPU
-backend once per variant (the x86-64-v3 floor, AVX-512, AVX-512 with VBMI and VNNI), each in its
-own folder beside a copy of the programs: ggml's loader takes the best libggml-cpu-*.so it finds
-next to the executable (and in the working directory, so start the programs from their folder).
+backend once per variant (the x86-64-v3 floor, and AVX-512), each in its own folder beside a
+copy of the programs: ggml's loader takes the best libggml-cpu-*.so it finds next to the
+executable (and in the working directory, so start the programs from their folder).
 The variant is chosen here, from the flags the kernel reports in /proc/cpuinfo, before anything
 is loaded: a variant is a candidate only when every feature it was compiled for is reported.
 AMX is never a candidate, whatever the build holds: its kernels fault on hosts that report AMX
@@ -112,7 +112,7 @@ def _record(home: Path) -> dict[str, str]:
 def engine_version() -> str:
     """The llama-cpp-python release whose llama.cpp the built engine is; EngineMissing when
     nothing is built."""
-    home = engine_home().absolute()
+    home = engine_home().resolve()
     version = _record(home).get("version")
     if not version:
         raise EngineMissing(f"llama.cpp's programs are not built at {home}; run `make venv`")
@@ -135,7 +135,7 @@ def engine_binary(name: str = "llama-server", flags: frozenset[str] | None = Non
     chosen for `flags` (this machine's when None). EngineMissing when it is not built."""
     if name not in PROGRAMS:
         raise ValueError(f"unknown llama.cpp program {name!r}; built: {', '.join(PROGRAMS)}")
-    home = engine_home().absolute()
+    home = engine_home().resolve()
     variants = built_variants(home)
     if not variants:
         raise EngineMissing(f"llama.cpp's {name} is not built at {home}; run `make venv` (or set "

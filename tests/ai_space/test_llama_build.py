@@ -95,9 +95,9 @@ def test_the_choice_follows_the_flags_the_cpu_reports() -> None:
     THEN the variant is the one with the most features the CPU reports; WHEN the CPU lacks
     AVX2 THEN CpuUnsupported names what is missing."""
     declared = _declared()
-    assert set(declared) == {"haswell", "skylakex", "icelake"}
-    assert choose(EPYC_ZEN4, declared) == "icelake"
-    assert choose(SAPPHIRE_RAPIDS, declared) == "icelake"
+    assert set(declared) == {"haswell", "skylakex"}
+    assert choose(EPYC_ZEN4, declared) == "skylakex"
+    assert choose(SAPPHIRE_RAPIDS, declared) == "skylakex"
     assert choose(EPYC_ZEN4 - {"avx512_vnni"}, declared) == "skylakex"
     assert choose(EPYC_ZEN4 - {"avx512bw"}, declared) == "haswell"
     assert choose(HASWELL, declared) == "haswell"
@@ -136,7 +136,7 @@ def test_the_cache_key_changes_with_the_flags_and_the_variants(tmp_path: Path) -
     text = BUILD_SCRIPT.read_text()
     keys = {_script("--key")}
     for old, new in (("-DGGML_OPENMP=ON", "-DGGML_OPENMP=OFF"),
-                     (",AVX512_VBMI,AVX512_VNNI", ",AVX512_VBMI")):
+                     (",AVX2,BMI2,AVX512\"", ",AVX2,BMI2,AVX512,AVX512_VNNI\"")):
         assert old in text
         copy = tmp_path / f"build_{len(keys)}.sh"
         copy.write_text(text.replace(old, new))
@@ -279,14 +279,15 @@ def test_the_running_server_loaded_the_chosen_variant_and_no_amx(
               if "libggml-cpu" in line.split()[-1]}
     assert len(loaded) == 1, loaded
     lib = loaded.pop()
-    assert lib == server.parent / f"libggml-cpu-{server.parent.name}.so"
+    # The loader looks beside /proc/self/exe, which names the file with links resolved.
+    assert lib == (server.parent / f"libggml-cpu-{server.parent.name}.so").resolve()
     code = _disassembly(lib)
     assert not AMX.search(code), f"{lib.name} holds AMX instructions"
     if "avx512f" not in cpu_flags():
         sys.stderr.write("no avx512f on this host: the AVX-512 check of the loaded kernels "
                          "needs an AVX-512 host\n")
         pytest.skip("this host does not report avx512f, so no AVX-512 variant may load")
-    assert server.parent.name in {"skylakex", "icelake"}
+    assert server.parent.name == "skylakex"
     assert len(AVX512.findall(code)) > 1000, f"{lib.name} has no AVX-512 code"
 
 
