@@ -136,6 +136,9 @@ done
   echo "seconds $(( $(date +%s) - started )) with ${LLAMA_BUILD_JOBS:-2} jobs"
 } > "$out/BUILD.tmp"
 mv "$out/BUILD.tmp" "$out/BUILD"
-rm -rf "$home"
-mv "$out" "$home"
+# Another build of the same key may have finished meanwhile (two clones, one cache): keep the
+# one in place, which running servers may be using, and drop ours.
+[ -f "$home/BUILD" ] || rm -rf "$home"
+mv -T "$out" "$home" 2>/dev/null || [ -f "$home/BUILD" ] \
+  || { echo "error: could not move the build to $home" >&2; exit 1; }
 echo "$home"
