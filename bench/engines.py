@@ -1,22 +1,21 @@
-"""The worker's llama.cpp setup chosen by measurement, then held to llama.cpp's own loop.
+"""The worker through its front against the same llama-server bare, side by side in one run.
 
-1. Every candidate weight format (the shipped Q4_1 file; Q8_0, Q4_0 and IQ4_NL re-quantised
-   from it, as ai_space/llama/weights.py makes them), with the CPU backend's repacking on and
-   off, KV cache q8_0 (and f16 for the formats at the quality bar): llama.cpp's own batched
-   loop (bench/engine_loop.py, each case in a fresh process) at 1 and 16 streams, its peak
-   RSS, and its top-1 agreement with the fp32 reference on held-out text.
-2. The choice: the fastest (geometric mean of the 1- and 16-stream rates) of the cases at
-   the quality bar (top-1 agreement >= 95%) with a q8_0 KV cache (f16's does not fit the
-   worker's 512 MiB at N_CTX=8192).
-3. That setup through `python -m ai_space` over HTTP, alternating run by run with llama.cpp's
-   own loop on the same weights, so both meet the same moments of a shared machine: one
-   stream, and 16 concurrent requests against the loop's 16-sequence batch; the server's
-   peak RSS with chat and embeddings both used.
-4. What sampling costs the decode thread at 16 streams: one request at a time against one
-   batch pass, on real logits.
+1. The front: `python -m ai_space` with ENGINE=llama.cpp and MODEL_ID=pkg:smollm2 (embeddings on
+   too), which starts its own llama-server processes. The chat engine's command line and its
+   LLAMA_ARG_* environment are read from /proc, so the bare side runs exactly that.
+2. Bare: the same llama-server binary with the same arguments, on another port.
+3. Run by run, alternating sides so both meet the same moments of a shared machine: one stream
+   (median of 3) and 16 concurrent requests (best of 2), 128 tokens each, greedy, tok/s from the
+   answers' usage; peak RSS of the front with its engines (chat and embeddings both used, the
+   sum of each process's VmHWM) and of the bare server.
+4. The target: front / bare >= 0.95 at 1 and at 16. The old engine's figures (issue 23's
+   table, ctypes engine in the worker) are printed beside them, for the record.
 
-    .venv/bin/python -m bench.engines [--threads 2] [--max-tokens 128] [--reps 3]
-        [--out bench/engines.md] [--json figures.json]
+`--bare-both` runs a bare server on both sides (the harness, before the front runs on
+llama-server); `--formats q8_0,file,q4_0` also measures the bare server on each weight format.
+
+    .venv/bin/python -m bench.engines [--threads 2] [--max-tokens 128] [--bare-both]
+        [--formats q8_0,file,q4_0] [--out bench/engines.md] [--json figures.json]
 """
 
 from __future__ import annotations
@@ -24,111 +23,148 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.ai_space_bench import PROMPTS, TOKEN, _peak_rss_mib, _start
+from bench.ai_space_bench import PROMPTS, TOKEN, _start
 from bench.common import ROOT, free_port, load, machine
 
 log = logging.getLogger("bench")
-FORMATS = ("file", "q8_0", "q4_0", "iq4_nl")
-KV_TYPES = ("q8_0", "f16")
-QUALITY_BAR = 0.95
-# Greedy, this request runs to the token limit (the loop sends the same prompt).
+# Greedy, this request runs to the token limit.
 LONG = "Write a long, detailed story about a lighthouse keeper and a storm."
 CACHE = ROOT / "build" / "bench-gguf"
+TARGET = 0.95
+# Issue 23's table: the ctypes engine in the worker (before), measured on a 2-core AMD EPYC,
+# 2 threads, Q8_0, 128 tokens; not measured by this run.
+OLD_ENGINE = [
+    ("the worker before (`python -m ai_space`, ctypes engine, AVX2 build)", "108–126",
+     "197–213", "414 (chat and embeddings)"),
+    ("the same worker with AVX-512 kernels loaded", "124–125", "227–240", "414"),
+    ("llama.cpp's `llama-server`, AVX2 kernels", "122", "308", "302 (chat only)"),
+    ("`llama-server`, AVX-512 kernels", "119–121", "350–379", "302"),
+]
 
 
-def _child(args: list[str], timeout: float = 1800) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, check=True)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+@dataclass
+class Side:
+    """One server under test: where to reach it and which processes count for its memory."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    process: subprocess.Popen[bytes]
+    embeddings: bool = False
+    runs: dict[str, list[float]] = field(default_factory=lambda: {"1": [], "16": []})
 
 
-def _weights() -> dict[str, Path]:
-    """Each candidate format's file, derived once into the bench's own cache."""
-    from ai_space.llama.weights import chat_weights
-    from ai_space.models.packaged import resolve
-
-    source = resolve("pkg:smollm2", None).gguf_path
-    assert source is not None
-    return {fmt: chat_weights(source, fmt, cache=CACHE) for fmt in FORMATS}
-
-
-def matrix(threads: int, tokens: int, reps: int) -> list[dict[str, Any]]:
-    """Every format x repack through llama.cpp's own loop, each in a fresh process; the
-    other KV type for those at the quality bar."""
-    paths = _weights()
-    reference = CACHE / "reference.json"
-    if not reference.is_file():
-        out = subprocess.run([sys.executable, "-m", "bench.engine_quality", "--reference"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
-        reference.write_text(out.stdout.strip().splitlines()[-1])
-
-    def run(fmt: str, repack: bool, kv: str) -> dict[str, Any]:
-        log.info("loop: %s, repack %s, KV %s", fmt, "on" if repack else "off", kv)
-        figures = _child(["-m", "bench.engine_loop", str(paths[fmt]), "--streams", "1,16",
-                          "--tokens", str(tokens), "--threads", str(threads), "--kv", kv,
-                          "--repack", str(int(repack)), "--reps", str(reps), "--reference",
-                          str(reference)])
-        return {"weights": fmt, "repack": repack, "kv": kv, **figures}
-
-    # Every format with repacking on and off, on the server's default KV cache (q8_0); then
-    # the other KV type for the formats that pass the quality bar.
-    cases = [run(fmt, repack, KV_TYPES[0]) for fmt in FORMATS for repack in (True, False)]
-    for case in list(cases):
-        if case["agreement"] >= QUALITY_BAR:
-            cases.append(run(case["weights"], case["repack"], KV_TYPES[1]))
-    return cases
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += [int(child), *_children(int(child))]
+    return out
 
 
-def choose(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest case at the quality bar, with the KV cache the memory budget allows."""
-    # An f16 KV cache takes 23 KB a token against q8_0's 12: at the worker's N_CTX (8192)
-    # that is 88 MiB more, and the whole worker measured 516 MiB with it, over the 512 MiB
-    # instance. So f16 is measured, for the record, but not a choice.
-    good = [c for c in cases if c["agreement"] >= QUALITY_BAR and c["kv"] == KV_TYPES[0]]
-    if not good:
-        raise RuntimeError("no candidate reaches the quality bar")
-    return max(good, key=lambda c: math.sqrt(c["s1_tok_s"] * c["s16_tok_s"]))
+def _hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
-class _Loop:
-    """llama.cpp's own loop, loaded once in a child, run on demand (bench.engine_loop --serve)."""
+def peak_rss_mib(pid: int) -> float:
+    """Peak RSS of a process and its descendants (the sum of each one's VmHWM)."""
+    return sum(_hwm_mib(p) for p in [pid, *_children(pid)])
 
-    def __init__(self, path: Path, case: dict[str, Any], threads: int, tokens: int) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.engine_loop", str(path), "--serve", "--streams",
-             "1,16", "--tokens", str(tokens), "--threads", str(threads), "--kv", case["kv"],
-             "--repack", str(int(case["repack"]))], cwd=ROOT, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        if self.process.stdin is None or self.process.stdout is None:
-            raise RuntimeError("no pipes to llama.cpp's loop")
-        self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        if self.stdout.readline().strip() != "ready":
-            raise RuntimeError("llama.cpp's loop did not start")
 
-    def run(self, streams: int) -> float:
-        """One run of `streams` sequences; its tok/s."""
-        self.stdin.write(f"{streams}\n")
-        self.stdin.flush()
-        figures = json.loads(self.stdout.readline())
-        return float(figures["tokens"]) / float(figures["seconds"])
+def chat_engine(front_pid: int) -> tuple[list[str], dict[str, str]]:
+    """The front's chat llama-server (or the process itself when it is one): its argv and
+    LLAMA_ARG_* environment."""
+    for pid in [front_pid, *_children(front_pid)]:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        if argv and Path(argv[0]).name == "llama-server" and not any(
+                a.startswith("--embedding") for a in argv):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+            env = dict(e.split("=", 1) for e in environ if e.startswith("LLAMA_ARG_"))
+            return argv, env
+    raise RuntimeError("the front runs no chat llama-server")
 
-    def close(self) -> None:
-        """End the child process."""
-        self.stdin.close()
-        self.process.wait(60)
-        self.stdout.close()
+
+# Where and to whom the server listens: set per side, not compared.
+_LISTEN = {"--host", "--port", "--api-key", "--api-key-file"}
+_LISTEN_ENV = {"LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_API_KEY", "LLAMA_ARG_API_KEY_FILE"}
+
+
+def rebind(argv: list[str], env: dict[str, str], port: int) -> tuple[list[str], dict[str, str]]:
+    """The same command line and environment, listening on 127.0.0.1:`port` with no key (the
+    front's engine may listen on a socket of its own, with a key file only it can read)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _LISTEN:
+            skip = True
+        elif arg.split("=", 1)[0] not in _LISTEN:
+            out.append(arg)
+    kept = {k: v for k, v in env.items() if k not in _LISTEN_ENV}
+    return [*out, "--host", "127.0.0.1", "--port", str(port)], kept
+
+
+def bare_argv(weights: Path, threads: int, port: int) -> list[str]:
+    """llama-server set up as the issue asks for the worker's chat (16 slots over one q8_0 KV
+    cache, no host prompt cache, metrics on), for when no front runs it."""
+    from ai_space.llama.variants import engine_binary
+
+    return [str(engine_binary()), "--model", str(weights), "--threads", str(threads),
+            "--threads-batch", str(threads), "--parallel", "16", "--ctx-size", "8192",
+            "--kv-unified", "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
+            "--flash-attn", "on", "--cache-ram", "0", "--metrics", "--no-webui", "--jinja",
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited during start-up ({process.returncode})")
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling the condition above
+    raise RuntimeError(f"{url} was not ready in {timeout:.0f} s")
+
+
+def start_bare(argv: list[str], env: dict[str, str], name: str = "bare") -> Side:
+    """Start llama-server with `argv` (from its own folder, where ggml finds its CPU library)."""
+    port = int(argv[argv.index("--port") + 1])
+    process = subprocess.Popen(argv, cwd=Path(argv[0]).parent, env={**os.environ, **env},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    _ready(url, process)
+    return Side(name, url, {}, process)
+
+
+def start_front(threads: int, tokens: int) -> Side:
+    """`python -m ai_space` on llama.cpp, chat and embeddings."""
+    port = free_port()
+    process = _start({"ENGINE": "llama.cpp", "N_THREADS": str(threads), "MAX_CONCURRENCY": "16",
+                      "MAX_QUEUE": "64", "MAX_TOKENS": str(tokens), "DEVICE": "cpu",
+                      "MODEL_ID": "pkg:smollm2", "EMBEDDING_MODEL_ID": "pkg:minilm"}, port)
+    return Side("front", f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"},
+                process, embeddings=True)
 
 
 def _stream(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
@@ -148,7 +184,7 @@ def _stream(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
     return tokens, time.perf_counter() - started
 
 
-def _crowd(client: httpx.Client, streams: int, max_tokens: int) -> float:
+def rate(client: httpx.Client, streams: int, max_tokens: int) -> float:
     """Aggregate tok/s of `streams` concurrent requests."""
     started = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
@@ -156,180 +192,173 @@ def _crowd(client: httpx.Client, streams: int, max_tokens: int) -> float:
     return sum(d[0] for d in done) / (time.perf_counter() - started)
 
 
-def through_http(case: dict[str, Any], path: Path, threads: int, tokens: int,
-                 reps: int) -> dict[str, Any]:
-    """The chosen setup served by ai_space, alternating with the loop on the same weights."""
-    loop = _Loop(path, case, threads, tokens)
-    port = free_port()
-    server = _start({"ENGINE": "llama.cpp", "N_THREADS": str(threads), "MAX_CONCURRENCY": "16",
-                     "MAX_QUEUE": "64", "MAX_TOKENS": str(tokens), "DEVICE": "cpu",
-                     "MODEL_ID": "pkg:smollm2", "EMBEDDING_MODEL_ID": "pkg:minilm",
-                     "WEIGHTS": case["weights"], "REPACK": "1" if case["repack"] else "0",
-                     "KV_TYPE": case["kv"], "GGUF_CACHE": str(CACHE)}, port)
-    runs: dict[str, list[float]] = {"loop_1": [], "http_1": [], "loop_16": [], "http_16": []}
+def measure(sides: list[Side], tokens: int, embed: Callable[[Side], None]) -> dict[str, Any]:
+    """Alternate the sides run by run; the median of 3 single streams, the best of 2 crowds."""
+    # A fresh connection per request, on both sides: llama-server (cpp-httplib) drops a kept-alive
+    # connection after a streamed answer, and the next request on it fails unanswered.
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=0)
+    clients = {s.name: httpx.Client(base_url=s.url, headers=s.headers, timeout=900,
+                                    limits=limits) for s in sides}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900,
-                          headers={"Authorization": f"Bearer {TOKEN}"},
-                          limits=httpx.Limits(max_connections=32)) as client:
-            client.post("/v1/embeddings", json={"input": PROMPTS * 8}).raise_for_status()
-            _stream(client, 4)  # warm-up
-            for _ in range(reps):
-                runs["loop_1"].append(loop.run(1))
-                made, seconds = _stream(client, tokens)
-                runs["http_1"].append(made / seconds)
-            for _ in range(reps):
-                runs["loop_16"].append(loop.run(16))
-                runs["http_16"].append(_crowd(client, 16, tokens))
-            client.post("/v1/embeddings", json={"input": PROMPTS * 8}).raise_for_status()
-        rss = _peak_rss_mib(server.pid)
+        for side in sides:
+            embed(side)
+            _stream(clients[side.name], 4)  # warm-up
+        log.info("one stream, 3 rounds: %s", ", ".join(s.name for s in sides))
+        for _ in range(3):
+            for side in sides:
+                side.runs["1"].append(rate(clients[side.name], 1, tokens))
+        log.info("16 concurrent, 2 rounds")
+        for _ in range(2):
+            for side in sides:
+                side.runs["16"].append(rate(clients[side.name], 16, tokens))
+        for side in sides:
+            embed(side)
     finally:
-        server.terminate()
-        server.wait(30)
-        loop.close()
-    best = {key: max(values) for key, values in runs.items()}
-    return {**best, "runs": runs, "server_peak_rss_mib": rss}
+        for client in clients.values():
+            client.close()
+    return {s.name: {"1": statistics.median(s.runs["1"]), "16": max(s.runs["16"]),
+                     "runs": s.runs, "peak_rss_mib": peak_rss_mib(s.process.pid)}
+            for s in sides}
+
+
+def _stop(side: Side) -> None:
+    side.process.terminate()
+    side.process.wait(30)
+
+
+def _embed(side: Side) -> None:
+    # Use the embeddings model too, so the front's peak RSS includes it serving.
+    if side.embeddings:
+        httpx.post(f"{side.url}/v1/embeddings", headers=side.headers, timeout=120,
+                   json={"input": PROMPTS * 8}).raise_for_status()
+
+
+def _weights(fmt: str) -> Path:
+    from ai_space.llama.weights import chat_weights
+    from ai_space.models.packaged import resolve
+
+    source = resolve("pkg:smollm2", None).gguf_path
+    assert source is not None
+    return chat_weights(source, fmt, cache=CACHE)
+
+
+def shown(argv: list[str]) -> str:
+    """The command line for the record: file names without their folders."""
+    return " ".join(Path(arg).name if arg.startswith("/") else arg for arg in argv)
+
+
+def front_vs_bare(threads: int, tokens: int, bare_both: bool) -> dict[str, Any]:
+    """The front and the bare server, side by side."""
+    if bare_both:
+        front = start_bare(bare_argv(_weights("q8_0"), threads, free_port()), {}, "front")
+    else:
+        front = start_front(threads, tokens)
+    try:
+        argv, env = rebind(*chat_engine(front.process.pid), free_port())
+        bare = start_bare(argv, env)
+        try:
+            figures = measure([front, bare], tokens, _embed)
+        finally:
+            _stop(bare)
+    finally:
+        _stop(front)
+    return {"argv": shown(argv), "bare_both": bare_both, **figures}
+
+
+def formats(names: list[str], threads: int, tokens: int) -> dict[str, Any]:
+    """The bare server on each weight format, one after the other."""
+    out = {}
+    for fmt in names:
+        side = start_bare(bare_argv(_weights(fmt), threads, free_port()), {}, fmt)
+        try:
+            out[fmt] = measure([side], tokens, _embed)[fmt]
+        finally:
+            _stop(side)
+    return out
+
+
+def rows(result: dict[str, Any]) -> list[str]:
+    """bench/engines.md: front against bare, the old engine's figures, the formats."""
+    fig, front_name = result["figures"], "bare llama-server (stand-in for the front)" \
+        if result["figures"]["bare_both"] else "the worker through the front (`python -m ai_space`)"
+    front, bare = fig["front"], fig["bare"]
+    lines = [
+        f"Measured by `python -m bench.engines` on {machine()}: {result['cpu']}; llama.cpp "
+        f"variant loaded: {result['variant']}. SmolLM2-135M, {result['threads']} threads, "
+        f"greedy, {result['max_tokens']} tokens a request; one stream: median of 3, 16 "
+        f"concurrent: best of 2, alternating sides run by run; load average "
+        f"{result['load_before']} before, {result['load_after']} after.",
+        "",
+        f"Engine command line (both sides): `{fig['argv']}`",
+        "",
+        "| engine | one stream | 16 concurrent | peak RSS |",
+        "|---|---|---|---|",
+        f"| {front_name} | {front['1']:.1f} tok/s | {front['16']:.1f} tok/s | "
+        f"{front['peak_rss_mib']:.0f} MiB |",
+        f"| the same `llama-server`, bare | {bare['1']:.1f} tok/s | {bare['16']:.1f} tok/s | "
+        f"{bare['peak_rss_mib']:.0f} MiB |",
+        "",
+    ]
+    for streams in ("1", "16"):
+        ratio = front[streams] / bare[streams]
+        lines.append(f"- front / bare at {streams} stream{'s' if streams != '1' else ''}: "
+                     f"{ratio:.2f}x (target ≥ {TARGET}x): "
+                     f"{'**met**' if ratio >= TARGET else '**missed**'}")
+    lines += ["", "For the record, issue 23's figures for the engine this replaced (not measured "
+              "by this run):", "", "| engine | one stream | 16 concurrent | peak RSS (MiB) |",
+              "|---|---|---|---|", *[f"| {a} | {b} tok/s | {c} tok/s | {d} |"
+                                     for a, b, c, d in OLD_ENGINE]]
+    if result.get("formats"):
+        lines += ["", "The bare server on each weight format (one after the other):", "",
+                  "| weights | one stream | 16 concurrent | peak RSS |", "|---|---|---|---|"]
+        for fmt, f in result["formats"].items():
+            name = "Q4_1 (as shipped)" if fmt == "file" else f"{fmt.upper()} (from the Q4_1)"
+            lines.append(f"| {name} | {f['1']:.1f} tok/s | {f['16']:.1f} tok/s | "
+                         f"{f['peak_rss_mib']:.0f} MiB |")
+    return lines
 
 
 def cpu_line() -> str:
     """The CPU's model and the vector flags that matter to llama.cpp's kernels."""
-    model, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "unknown CPU":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    shown = [f for f in ("avx2", "fma", "f16c", "bmi2", "avx512f", "avx512_vnni", "avx512_bf16",
-                         "amx_tile", "amx_int8", "amx_bf16") if f in flags]
-    amx = "AMX" if any(f.startswith("amx") for f in flags) else "no AMX"
-    return f"{model} ({' '.join(shown)}; {amx})"
+    from ai_space.llama.variants import cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    return f"{model} ({' '.join(shown)})"
 
 
-def build_line() -> str:
-    """What the installed llama.cpp was built to use (llama_print_system_info)."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode()
-    on = [part.split("=")[0].strip() for part in info.split("|") if part.strip().endswith("= 1")]
-    return ", ".join(on) or info.strip()
-
-
-def side_by_side(threads: int, max_tokens: int, reps: int = 3) -> dict[str, Any]:
+def side_by_side(threads: int, max_tokens: int, *, bare_both: bool = False,
+                 weight_formats: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every figure of the comparison, measured now."""
-    load_before = load()
-    cases = matrix(threads, max_tokens, reps)
-    chosen = choose(cases)
-    log.info("chosen: %s, repack %s, KV %s; through HTTP beside the loop", chosen["weights"],
-             chosen["repack"], chosen["kv"])
-    http = through_http(chosen, _weights()[chosen["weights"]], threads, max_tokens, reps)
-    log.info("sampling's cost")
-    sampling = _child(["-m", "bench.engine_loop", str(_weights()["file"]), "--sampling",
-                       "--threads", str(threads)])
-    return {"threads": threads, "max_tokens": max_tokens, "load_before": load_before,
-            "load_after": load(), "cpu": cpu_line(), "build": build_line(), "cases": cases,
-            "chosen": chosen, "http": http, "sampling": sampling, "reps": reps}
+    from ai_space.llama.variants import engine_binary
 
-
-def _ok(met: bool) -> str:
-    return "**met**" if met else "**missed**"
-
-
-def _name(case: dict[str, Any]) -> str:
-    weights = "Q4_1 (as shipped)" if case["weights"] == "file" else \
-        f"{case['weights'].upper()} (from the Q4_1)"
-    return f"{weights}, repack {'on' if case['repack'] else 'off'}, KV {case['kv']}"
-
-
-def targets(result: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The issue's targets for the chosen setup: (what was measured, met)."""
-    http, chosen = result["http"], result["chosen"]
-    single = http["loop_1"] / http["http_1"]
-    crowd = http["loop_16"] / http["http_16"]
-    return [
-        (f"single stream within 1.15x of the loop: loop {http['loop_1']:.1f} / HTTP "
-         f"{http['http_1']:.1f} tok/s = {single:.2f}x", single <= 1.15),
-        (f"16 concurrent within 1.25x of the loop's 16-sequence batch: loop "
-         f"{http['loop_16']:.1f} / HTTP {http['http_16']:.1f} tok/s = {crowd:.2f}x",
-         crowd <= 1.25),
-        (f"peak RSS, chat + embeddings, ≤ 512 MiB: {http['server_peak_rss_mib']:.0f} MiB",
-         http["server_peak_rss_mib"] <= 512),
-        (f"top-1 agreement ≥ 95%: {chosen['agreement']:.1%} over {chosen['tokens']} tokens",
-         chosen["agreement"] >= QUALITY_BAR),
-    ]
-
-
-def rows(result: dict[str, Any]) -> list[str]:
-    """bench/engines.md: the matrix, the choice, the HTTP ratios, sampling's cost."""
-    chosen = result["chosen"]
-    lines = [
-        f"Measured by `python -m bench.engines` on {machine()}: {result['cpu']}. llama.cpp "
-        f"built portable (AVX2 floor, no AVX-512, no AMX): {result['build']}. SmolLM2-135M, "
-        f"{result['threads']} thread{'s' if result['threads'] > 1 else ''}, greedy, up to "
-        f"{result['max_tokens']} new tokens; best "
-        f"of {result['reps']} runs per figure; load average {result['load_before']} before, "
-        f"{result['load_after']} after (a machine shared with other work: compare figures "
-        "within this run, and ratios from runs made side by side).",
-        "",
-        "| weights, repack, KV cache | llama.cpp loop, 1 stream | 16 streams | peak RSS "
-        "(loop process) | top-1 agreement with fp32 |",
-        "|---|---|---|---|---|",
-    ]
-    for case in result["cases"]:
-        mark = " **(chosen)**" if case == chosen else ""
-        bar = "" if case["agreement"] >= QUALITY_BAR else " (below 95%)"
-        lines.append(f"| {_name(case)}{mark} | {case['s1_tok_s']:.1f} tok/s | "
-                     f"{case['s16_tok_s']:.1f} tok/s | {case['peak_rss_mib']:.0f} MiB | "
-                     f"{case['agreement']:.1%}{bar} |")
-    http = result["http"]
-    lines += [
-        "",
-        f"Chosen: {_name(chosen)}, the fastest (geometric mean of 1 and 16 streams) at the "
-        "95% bar with a q8_0 KV cache (f16's does not fit the worker's 512 MiB at "
-        "N_CTX=8192). Through `python -m ai_space` over HTTP, alternating run by run with the "
-        "loop on the same weights:",
-        "",
-        "| | llama.cpp's own loop | ai_space over HTTP | loop / HTTP |",
-        "|---|---|---|---|",
-        f"| 1 stream | {http['loop_1']:.1f} tok/s | {http['http_1']:.1f} tok/s | "
-        f"{http['loop_1'] / http['http_1']:.2f}x |",
-        f"| 16 streams (loop: one 16-sequence batch) | {http['loop_16']:.1f} tok/s | "
-        f"{http['http_16']:.1f} tok/s | {http['loop_16'] / http['http_16']:.2f}x |",
-        "",
-        *[f"- {text}: {_ok(met)}" for text, met in targets(result)],
-        "",
-        "Sampling 16 requests' next tokens from real logits (49,152-token vocabulary), best "
-        "of 20; a decode step of 16 streams took "
-        f"{1000 * 16 / chosen['s16_tok_s']:.1f} ms in the loop above:",
-        "",
-        "| sampling | one request at a time (before) | one batch pass (now) |",
-        "|---|---|---|",
-        *[f"| {name} | {fig['per_request_ms']:.2f} ms | {fig['batch_ms']:.2f} ms |"
-          for name, fig in result["sampling"].items()],
-    ]
-    return lines
+    result: dict[str, Any] = {"threads": threads, "max_tokens": max_tokens, "load_before": load(),
+                              "cpu": cpu_line(), "variant": engine_binary().parent.name}
+    result["figures"] = front_vs_bare(threads, max_tokens, bare_both)
+    if weight_formats:
+        result["formats"] = formats(list(weight_formats), threads, max_tokens)
+    result["load_after"] = load()
+    return result
 
 
 def bench_rows(result: dict[str, Any]) -> list[str]:
     """The same figures as rows of `make bench`'s table (benchmark, case, result, baseline,
     target)."""
-    chosen, http = result["chosen"], result["http"]
-    head = (f"llama.cpp worker setup, SmolLM2-135M, {result['threads']} threads, greedy, "
-            f"max {result['max_tokens']} tokens (bench/engines.py; {result['cpu']}; "
-            "portable AVX2 build)")
-    out: list[str] = []
-    for case in result["cases"]:
-        out.append(f"| {head if not out else ''} | loop: {_name(case)} | 1 stream "
-                   f"{case['s1_tok_s']:.1f} tok/s, 16 streams {case['s16_tok_s']:.1f} tok/s, "
-                   f"peak RSS {case['peak_rss_mib']:.0f} MiB | top-1 agreement "
-                   f"{case['agreement']:.1%} | {'chosen' if case == chosen else ''} |")
-    out.append(f"| | ai_space over HTTP, chosen setup | 1 stream {http['http_1']:.1f} tok/s, "
-               f"16 concurrent {http['http_16']:.1f} tok/s, peak RSS (chat + embeddings) "
-               f"{http['server_peak_rss_mib']:.0f} MiB | loop / HTTP: 1 stream "
-               f"{http['loop_1'] / http['http_1']:.2f}x, 16 streams "
-               f"{http['loop_16'] / http['http_16']:.2f}x | "
-               + "; ".join(f"{text.split(':')[0]}: {_ok(met)}" for text, met in targets(result))
-               + " |")
-    return out
+    fig = result["figures"]
+    front, bare = fig["front"], fig["bare"]
+    ratios = {n: front[n] / bare[n] for n in ("1", "16")}
+    met = all(r >= TARGET for r in ratios.values())
+    return [f"| the worker's engine, SmolLM2-135M, {result['threads']} threads, "
+            f"{result['max_tokens']} tokens (bench/engines.py; {result['cpu']}; variant "
+            f"{result['variant']}) | "
+            f"{'bare stand-in' if fig['bare_both'] else 'through the front'} against the same "
+            f"llama-server bare | 1 stream {front['1']:.1f} tok/s, 16 concurrent "
+            f"{front['16']:.1f} tok/s, peak RSS {front['peak_rss_mib']:.0f} MiB | "
+            f"{ratios['1']:.2f}x and {ratios['16']:.2f}x of bare ({bare['1']:.1f} and "
+            f"{bare['16']:.1f} tok/s) | ≥ {TARGET}x: {'**met**' if met else '**missed**'} |"]
 
 
 def main() -> None:
@@ -340,11 +369,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--bare-both", action="store_true",
+                        help="a bare llama-server on both sides (tests the harness)")
+    parser.add_argument("--formats", default="", help="e.g. q8_0,file,q4_0")
     parser.add_argument("--out", default=str(ROOT / "bench" / "engines.md"))
-    parser.add_argument("--reps", type=int, default=3, help="runs per figure (the best counts)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args()
-    result = side_by_side(args.threads, args.max_tokens, args.reps)
+    result = side_by_side(args.threads, args.max_tokens, bare_both=args.bare_both,
+                          weight_formats=tuple(filter(None, args.formats.split(","))))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     text = "\n".join(rows(result)) + "\n"

@@ -9,18 +9,17 @@ agreement with the fp32 reference; `WEIGHTS=auto` loads what it chose (MEASURED)
 IQ4_NL re-quantised from the Q4_1 file lose precision twice (Q4_1's per-block minimum has no
 place in them) and fall far below the bar; Q8_0 holds Q4_1's values almost exactly.
 
-A format other than the file's own is made by llama.cpp's quantizer (`llama_model_quantize`,
-re-quantising: the tensors are dequantised, then quantised again) on first start, in a child
-process so the server's peak memory never holds the float32 copy of a tensor, into
-`GGUF_CACHE` beside the embedder's GGUF, and reused on every later start. The file name
-carries the source's size and time and llama.cpp's version, so a new model file or library
-makes a new file. `python -m ai_space.llama.weights pkg:smollm2 auto` makes it ahead of time
-(the worker image does, at build time).
+A format other than the file's own is made by llama.cpp's `llama-quantize` (from the same build
+as `llama-server`, ai_space/llama/build_server.sh; re-quantising: the tensors are dequantised,
+then quantised again) on first start, in its own process so the server's peak memory never
+holds the float32 copy of a tensor, into `GGUF_CACHE` beside the embedder's GGUF, and reused on
+every later start. The file name carries the source's size and time and llama.cpp's version, so
+a new model file or engine build makes a new file. `python -m ai_space.llama.weights pkg:smollm2
+auto` makes it ahead of time (the worker image does, at build time).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import subprocess
@@ -28,19 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import llama_cpp
-
 from ai_space.llama.bert_gguf import cache_dir
+from ai_space.llama.variants import engine_binary, engine_version
 
 log = logging.getLogger("ai_space")
 
-# WEIGHTS values -> llama.cpp file types. "file" loads the GGUF as shipped.
-WEIGHT_TYPES = {
-    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
-    "q4_1": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1,
-    "iq4_nl": llama_cpp.LLAMA_FTYPE_MOSTLY_IQ4_NL,
-}
+# WEIGHTS values -> llama-quantize's type names. "file" loads the GGUF as shipped.
+WEIGHT_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "iq4_nl": "IQ4_NL"}
 _FORMAT = "v1"  # bump when the derivation changes, so cached files are redone
 # WEIGHTS=auto: what bench/engines.py measured fastest at the quality bar (top-1 agreement
 # with fp32 >= 95%), per packaged model. Other models are loaded as shipped: nobody measured
@@ -58,7 +51,7 @@ def weights_for(model_id: str, weights: str) -> str:
 def derived_path(source: Path, weights: str, cache: Path) -> Path:
     """Where the `weights` form of `source` is cached (it may not exist yet)."""
     stat = source.stat()
-    version = getattr(llama_cpp, "__version__", "0")
+    version = engine_version()
     return cache / (f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-{weights}-"
                     f"llama{version}-{_FORMAT}.gguf")
 
@@ -75,33 +68,29 @@ def chat_weights(source: Path, weights: str, *, cache: Path | None = None) -> Pa
         log.info("weights: reusing %s from GGUF_CACHE", target.name)
         return target
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ai_space.llama.weights", str(source),
-                           weights, str(target)], timeout=900, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, errors="replace")
-    if done.returncode != 0:
-        # llama.cpp's quantizer reports per tensor on stderr: show it only when it failed.
-        raise RuntimeError(f"re-quantising {source.name} to {weights} failed "
-                           f"({done.returncode}): {done.stderr[-2000:]}")
-    if not target.is_file():
-        raise FileNotFoundError(f"re-quantising {source.name} did not produce {target.name}")
+    requantize(source, weights, target)
     log.info("weights: made %s from %s in %.1fs (once; later starts reuse it)", target.name,
              source.name, time.perf_counter() - started)
     return target
 
 
 def requantize(source: Path, weights: str, target: Path) -> None:
-    """Write `source` re-quantised to `weights` at `target` (atomically)."""
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = WEIGHT_TYPES[weights]
-    params.allow_requantize = True  # the source is already quantised
-    params.nthread = max(1, len(os.sched_getaffinity(0)))
+    """Write `source` re-quantised to `weights` at `target` (atomically), with llama-quantize."""
+    quantize = engine_binary("llama-quantize")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.part")
+    threads = max(1, len(os.sched_getaffinity(0)))
     try:
-        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(),
-                                            ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"llama_model_quantize returned {rc} for {source.name}")
+        # --allow-requantize: the source is already quantised. Started from its own folder, as
+        # ggml's loader also looks for CPU libraries in the working directory.
+        done = subprocess.run([str(quantize), "--allow-requantize", str(source), str(partial),
+                               WEIGHT_TYPES[weights], str(threads)], cwd=quantize.parent,
+                              timeout=900, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, errors="replace")
+        if done.returncode != 0:
+            # llama-quantize reports per tensor on stderr: show it only when it failed.
+            raise RuntimeError(f"re-quantising {source.name} to {weights} failed "
+                               f"({done.returncode}): {done.stderr[-2000:]}")
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
@@ -111,7 +100,6 @@ def main(argv: list[str]) -> int:
     """`SOURCE WEIGHTS [TARGET]`: derive a GGUF (WEIGHTS may be auto); SOURCE may be a pkg:
     id. Prints the path."""
     logging.basicConfig(level=logging.INFO)
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     if len(argv) not in (2, 3):
         sys.stderr.write("usage: python -m ai_space.llama.weights SOURCE WEIGHTS [TARGET]\n")
         return 2
