@@ -25,6 +25,7 @@ import pytest
 
 from router_tools.cli import main
 from router_tools.stack_plan import ROOT
+from tests.support.procs import children_of
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +52,6 @@ class RunningStack:
     def stderr(self) -> str:
         """Progress and the parts' logs so far."""
         return (self.folder / "stderr.txt").read_text()
-
-
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid`, read from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
