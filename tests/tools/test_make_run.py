@@ -218,6 +218,60 @@ def test_demo_tours_routing_sleep_fallback_and_wake(stack: RunningStack,
     sys.stderr.write("\n" + out)
 
 
+def _descendants(pid: int) -> list[int]:
+    found = children_of(pid)
+    for child in list(found):
+        found += _descendants(child)
+    return found
+
+
+def _chat_engine(stack: RunningStack) -> int:
+    """The worker's chat llama-server (the one without --embeddings)."""
+    engines = [p for p in _descendants(stack.process.pid)
+               if _cmdline(Path(f"/proc/{p}")).split(b"\0")[0].endswith(b"llama-server")
+               and b"--embeddings" not in _cmdline(Path(f"/proc/{p}"))]
+    assert len(engines) == 1, engines
+    return engines[0]
+
+
+def test_a_killed_worker_engine_fails_over_and_comes_back(stack: RunningStack):
+    """GIVEN the stack streaming a worker answer WHEN the worker's chat engine (llama-server)
+    is killed mid-stream THEN the worker's /health says error, the router fails over to the
+    Space and the caller's stream still ends with an answer; the worker restarts its engine
+    and is ready again."""
+    from openai import OpenAI
+
+    engine = killed = _chat_engine(stack)
+    health = f"{stack.info['worker_url']}/health"
+    assert httpx.get(health, timeout=10).status_code == 200
+    client = OpenAI(base_url=f"{stack.info['function_url']}/v1", api_key="local",
+                    max_retries=0, timeout=120)
+    try:
+        stream = client.chat.completions.create(
+            model="auto", max_tokens=96, temperature=0, stream=True,
+            messages=[{"role": "user", "content": "Hi! Tell me about the sea."}])
+        text, finish = "", None
+        for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+            if text and engine:
+                os.kill(engine, signal.SIGKILL)
+                engine = 0
+                deadline = time.monotonic() + 5
+                while httpx.get(health, timeout=10).json()["status"] != "error":
+                    assert time.monotonic() < deadline, "the worker's /health never said error"
+    finally:
+        client.close()
+    assert engine == 0, "the answer ended before the engine could be killed"
+    assert finish is not None and len(text.split()) > 3, (finish, text)
+    deadline = time.monotonic() + 60
+    while httpx.get(health, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the worker was not ready again after the restart"
+        threading.Event().wait(0.1)
+    assert _chat_engine(stack) != killed
+
+
 def test_ctrl_c_stops_every_part_and_leaves_no_process(stack: RunningStack):
     """GIVEN the running stack and its four parts WHEN it gets SIGINT (Ctrl-C)
     THEN it exits 0 after stopping each part, and no child process is left."""
