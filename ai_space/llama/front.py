@@ -106,8 +106,11 @@ class LlamaChat:
         answer = Answer()
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self._relay(upstream, answer, usage),
-                                     media_type="text/event-stream",
+            relay = self._relay(upstream, answer, usage)
+            # Started here, so that if the response is dropped before it is sent (the caller
+            # gone), collecting the generator closes it: its `finally` frees the slot.
+            first = await anext(relay)
+            return StreamingResponse(_chain(first, relay), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"})
         return JSONResponse(await self._collect(upstream, answer, request))
@@ -210,6 +213,12 @@ class LlamaChat:
                  "latency_ms=%.0f", stream, reason if reason != "cancelled" else "disconnect",
                  answer.prompt_tokens, answer.completion_tokens,
                  (time.monotonic() - answer.started) * 1000)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for part in rest:
+        yield part
 
 
 async def _disconnected(request: Request) -> None:
