@@ -14,6 +14,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class PrefillCut:
+    """Drops a continued message's own text from the front of the answer.
+
+    llama-server continues a trailing assistant message (its prefill-assistant default), but
+    its parser prepends that message to the model's output, so the first delta repeats it.
+    OpenAI's contract, and the router's failover, want only the new text.
+    """
+
+    def __init__(self, prefill: str) -> None:
+        self.pending = prefill.rstrip()
+        self.space = prefill[len(self.pending):]  # trailing whitespace the template may trim
+
+    def __call__(self, text: str) -> str:
+        """The part of this delta that is new."""
+        if self.pending:
+            if text.startswith(self.pending):
+                text, self.pending = text[len(self.pending):], ""
+            elif self.pending.startswith(text):
+                self.pending = self.pending[len(text):]
+                return ""
+            else:
+                self.pending = self.space = ""  # not a repeat after all: pass it on
+                return text
+        if self.space and text:
+            if text.startswith(self.space):
+                text = text[len(self.space):]
+            self.space = ""
+        return text
+
+
 @dataclass
 class Answer:
     """What one generation has produced so far."""
@@ -32,6 +62,7 @@ class Answer:
     completion_tokens: int = 0
     failed: bool = False
     hung_up: bool = False
+    cut: PrefillCut | None = None  # a continued message's text, to drop from the answer
 
     def note(self, event: dict[str, Any]) -> None:
         """Take in one chunk."""

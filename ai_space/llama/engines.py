@@ -78,8 +78,8 @@ class LlamaEngines:
                 side.join()
         if errors:
             raise errors[0]
-        n_vocab = self._n_vocab()
-        self.chat = LlamaChat(self.settings, self.chat_client, self.metrics, n_vocab)
+        n_vocab, tools = self._model_facts()
+        self.chat = LlamaChat(self.settings, self.chat_client, self.metrics, n_vocab, tools)
         if self.embed_process is not None:
             self.embeddings = LlamaEmbeddings(EngineClient(self.embed_process, 8),
                                               self._embed_max)
@@ -90,14 +90,18 @@ class LlamaEngines:
         for process in self.processes:
             process.stop()
 
-    def _n_vocab(self) -> int:
+    def _model_facts(self) -> tuple[int, bool]:
+        """(vocabulary size, whether the chat template renders tools), from the chat engine."""
         transport = httpx.HTTPTransport(uds=str(self.chat_process.socket))
+        headers = self.chat_client.headers()
         with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
-            models = client.get("/v1/models", headers=self.chat_client.headers()).json()
+            models = client.get("/v1/models", headers=headers).json()
+            props = client.get("/props", headers=headers).json()
         try:
-            return int(models["data"][0]["meta"]["n_vocab"])
+            n_vocab = int(models["data"][0]["meta"]["n_vocab"])
         except (KeyError, IndexError, TypeError, ValueError):
             raise EngineFailed("the chat engine did not report its vocabulary") from None
+        return n_vocab, bool((props.get("chat_template_caps") or {}).get("supports_tools"))
 
     async def gauges(self) -> dict[str, float]:
         """The chat engine's own gauges now, and the KV cache its running slots hold."""

@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ai_space import schema
 from ai_space.config import Settings
-from ai_space.errors import APIError, BadRequest, QueueFull, error_body
+from ai_space.errors import APIError, BadRequest, QueueFull, Unsupported, error_body
 from ai_space.generation import Finished
-from ai_space.llama.assemble import Answer
+from ai_space.llama.assemble import Answer, PrefillCut
 from ai_space.llama.client import EngineClient, EngineDown, engine_error
 from ai_space.metrics import ServerMetrics
 from ai_space.request_fields import BOOKKEEPING
@@ -47,12 +47,33 @@ class LlamaChat:
     """Chat completions relayed to the chat engine."""
 
     def __init__(self, settings: Settings, engine: EngineClient, metrics: ServerMetrics,
-                 n_vocab: int) -> None:
+                 n_vocab: int, tools: bool) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
         self.n_vocab = n_vocab
+        self.tools = tools  # whether the model's chat template renders tools
         self.active = 0  # admitted and not yet ended: what MAX_QUEUE counts
+
+    def check_tools(self, body: schema.ChatCompletionRequest) -> None:
+        """Refuse tools by name where the model's template has no place for them.
+
+        llama-server then renders the chat without the tools and answers in text: a 200 that
+        quietly did without them, which the field table promises never to give.
+        """
+        if self.tools:
+            return
+        why = "this model's chat template has no tool calling"
+        extra = body.model_extra or {}
+        if extra.get("tools"):
+            raise Unsupported("tools", why)
+        if extra.get("tool_choice") not in (None, "none", "auto"):
+            raise Unsupported("tool_choice", why)
+        for i, message in enumerate(body.messages):
+            if message.role == "tool":
+                raise Unsupported(f"messages[{i}].role", why)
+            if (message.model_extra or {}).get("tool_calls"):
+                raise Unsupported(f"messages[{i}].tool_calls", why)
 
     def payload(self, body: schema.ChatCompletionRequest) -> dict[str, Any]:
         """What llama-server gets: the request's own fields, with our caps and always a stream."""
@@ -93,6 +114,7 @@ class LlamaChat:
 
     async def respond(self, body: schema.ChatCompletionRequest, request: Request) -> Response:
         """The answer: an SSE stream relayed chunk by chunk, or one assembled JSON body."""
+        self.check_tools(body)
         data = self.payload(body)
         await self.check_prompt(data)
         if self.active >= self.settings.max_concurrency + self.settings.max_queue:
@@ -104,6 +126,10 @@ class LlamaChat:
             self.active -= 1
             raise
         answer = Answer()
+        last = body.messages[-1]
+        if last.role == "assistant" and last.text() and not (last.model_extra or {}).get(
+                "tool_calls"):
+            answer.cut = PrefillCut(last.text())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             relay = self._relay(upstream, answer, usage)
@@ -137,6 +163,7 @@ class LlamaChat:
     async def _events(self, upstream: httpx.Response, answer: Answer
                       ) -> AsyncIterator[dict[str, Any]]:
         """The engine's chunks, parsed and noted; an error event or a lost engine raises."""
+        cut = answer.cut
         try:
             async for line in upstream.aiter_lines():
                 if not line.startswith("data: "):
@@ -149,6 +176,11 @@ class LlamaChat:
                     raise APIError(str(event["error"].get("message", "generation failed")),
                                    code="generation_failed")
                 event.pop("timings", None)
+                if cut is not None:
+                    for choice in event.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            delta["content"] = cut(delta["content"])
                 answer.note(event)
                 yield event
         except httpx.TransportError:

@@ -27,8 +27,8 @@ EMBED_SLOTS, EMBED_SLOT_TOKENS = 2, 512
 def _common(binary: Path, model: Path, threads: int, alias: str) -> list[str]:
     return [str(binary), "--model", str(model), "--alias", alias,
             "--threads", str(threads), "--threads-batch", str(threads),
-            "--cache-ram", "0", "--metrics", "--slots", "--no-webui",
-            "--log-prefix", "--log-colors", "off"]
+            "--cache-ram", "0", "--no-cache-idle-slots", "--metrics", "--slots", "--no-webui",
+            "--log-prefix", "--no-log-timestamps", "--log-colors", "off"]
 
 
 def chat_command(binary: Path, model: Path, settings: Settings, threads: int) -> list[str]:

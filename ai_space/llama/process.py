@@ -169,6 +169,10 @@ class EngineProcess:
 
     def _pump(self, stream: IO[bytes], key: str) -> None:
         """Each line the engine writes becomes one JSON log line, the key scrubbed."""
+        with stream:
+            self._log_lines(stream, key)
+
+    def _log_lines(self, stream: IO[bytes], key: str) -> None:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:

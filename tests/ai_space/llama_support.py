@@ -49,6 +49,21 @@ def busy_slots(process: EngineProcess) -> int:
     return sum(1 for slot in engine_get(process, "/slots") if slot.get("is_processing"))
 
 
+def decoded(process: EngineProcess) -> int:
+    """Tokens decoded so far by the busiest slot that is processing (0 when none is)."""
+    return max((int((slot.get("next_token") or [{}])[0].get("n_decoded", 0))
+                for slot in engine_get(process, "/slots") if slot.get("is_processing")),
+               default=0)
+
+
+def token_time(process: EngineProcess, tokens: int = 3) -> float:
+    """Seconds a token takes now, timed on a slot that is decoding (from its own count)."""
+    wait_until(lambda: decoded(process) >= 2, 60)
+    start = decoded(process)
+    took = wait_until(lambda: decoded(process) >= start + tokens, 60)
+    return took / tokens
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, step_s: float = 0.002) -> float:
     """Poll until the condition holds; the seconds it took (AssertionError past the deadline)."""
     started = time.monotonic()

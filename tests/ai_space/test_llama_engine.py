@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tests.ai_space.llama_support import (
     engine_get,
     llama_settings,
     require_engine,
+    token_time,
     wait_until,
 )
 
@@ -129,9 +131,12 @@ def _raw_request(url: str, body: dict[str, Any]) -> socket.socket:
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_hang_up_frees_its_slot_within_100_ms(llama_server: tuple[str, Any], stream: bool,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """GIVEN a generation running in a llama-server slot WHEN its caller hangs up (streamed or
-    not) THEN the engine's own /slots shows the slot free within 100 ms, and the front logs the
-    request as a disconnect."""
+    """GIVEN a generation decoding in a llama-server slot WHEN its caller hangs up (streamed or
+    not) THEN the engine's own /slots shows the slot free within 100 ms, long before the answer
+    would have ended; the front logs the request as a disconnect. On a machine so busy that a
+    decode step takes longer, the bound is four steps: llama-server sees the closed connection
+    when it writes its next token, cancels the task at its loop's next turn, and answers
+    /slots itself between steps."""
     caplog.set_level("INFO", logger="ai_space")
     url, app = llama_server
     process = app.state.host.engines.chat_process
@@ -139,11 +144,15 @@ def test_a_hang_up_frees_its_slot_within_100_ms(llama_server: tuple[str, Any], s
                               "max_tokens": 64, "stream": stream,
                               "logit_bias": {"2": -100}})  # no <|im_end|>: it runs to 64
     try:
-        wait_until(lambda: busy_slots(process) == 1, WAIT_S)
+        per_token = token_time(process)
     finally:
         sock.close()
     freed = wait_until(lambda: busy_slots(process) == 0, 5.0)
-    assert freed <= 0.1, f"the slot was freed {freed * 1000:.0f} ms after the hang-up"
+    allowed = max(0.1, 4 * per_token)
+    assert freed <= allowed, (f"the slot was freed {freed * 1000:.0f} ms after the hang-up "
+                              f"(a token takes {per_token * 1000:.0f} ms)")
+    sys.stderr.write(f"\nhang-up (stream={stream}): slot free after {freed * 1000:.0f} ms; a "
+                     f"token takes {per_token * 1000:.0f} ms\n")
     wait_until(lambda: any("finish=disconnect" in r.getMessage() for r in caplog.records), 5.0)
 
 

@@ -3,7 +3,6 @@ and not: passed on and honoured, or refused by name."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,22 +180,21 @@ def test_json_schema_and_json_object(client: openai.OpenAI, stream: bool) -> Non
 
 
 @STREAMED
-def test_tools_and_tool_calls(client: openai.OpenAI, stream: bool) -> None:
-    """GIVEN a tool and tool_choice required WHEN answered THEN a call of that tool with JSON
-    arguments comes back (streamed as tool_call pieces); a tool's answer in the history is
-    taken as a message."""
-    reply = ask(client, stream, messages=[{"role": "user", "content": "Weather in Paris?"}],
-                tools=[WEATHER_TOOL], tool_choice="required", max_tokens=64)
-    assert reply.finish == "tool_calls", reply
-    assert reply.tool_calls[0]["name"] == "get_weather"
-    assert isinstance(json.loads(reply.tool_calls[0]["arguments"]), dict)
+def test_tools_are_refused_by_name_where_the_template_has_none(client: openai.OpenAI,
+                                                               stream: bool) -> None:
+    """GIVEN SmolLM2-135M, whose chat template has no tool calling (llama-server would render
+    the chat without the tools and answer in text) WHEN tools, a required tool_choice, or a
+    tool's answer in the history come THEN 400 naming the field; empty tools and
+    tool_choice none are answered."""
     history = [{"role": "user", "content": "Weather in Paris?"},
-               {"role": "assistant", "content": None, "tool_calls": [{
-                   "id": "call_1", "type": "function",
-                   "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
                {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 C"}]
-    after = ask(client, stream, messages=history, tools=[WEATHER_TOOL], max_tokens=24)
-    assert after.finish in {"stop", "length", "tool_calls"}
+    for extra, param in (({"tools": [WEATHER_TOOL]}, "tools"),
+                         ({"tool_choice": "required"}, "tool_choice"),
+                         ({"messages": history}, "messages[1].role")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(client, stream, **extra)
+        assert (caught.value.code, caught.value.param) == ("unsupported_parameter", param)
+    assert ask(client, stream, tools=[], tool_choice="none", max_tokens=4).text
 
 
 @pytest.mark.parametrize(("body", "param"), [
