@@ -218,17 +218,14 @@ def test_demo_tours_routing_sleep_fallback_and_wake(stack: RunningStack,
     sys.stderr.write("\n" + out)
 
 
-def _descendants(pid: int) -> list[int]:
-    found = children_of(pid)
-    for child in list(found):
-        found += _descendants(child)
-    return found
-
-
 def _chat_engine(stack: RunningStack) -> int:
-    """The worker's chat llama-server (the one without --embeddings)."""
-    engines = [p for p in _descendants(stack.process.pid)
-               if _cmdline(Path(f"/proc/{p}")).split(b"\0")[0].endswith(b"llama-server")
+    """The worker's chat llama-server (the local Space may run one too: not its)."""
+    port = stack.info["worker_url"].rsplit(":", 1)[1]
+    worker = [p for p in children_of(stack.process.pid)
+              if f"PORT={port}\0".encode() in Path(f"/proc/{p}/environ").read_bytes()]
+    assert len(worker) == 1, worker
+    engines = [p for p in children_of(worker[0])
+               if _cmdline(Path(f"/proc/{p}")).split(b" ")[0].endswith(b"llama-server")
                and b"--embeddings" not in _cmdline(Path(f"/proc/{p}"))]
     assert len(engines) == 1, engines
     return engines[0]
