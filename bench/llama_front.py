@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -70,10 +72,10 @@ async def _load(client: httpx.AsyncClient, path: str, headers: dict[str, str], s
         async with client.stream("POST", path, json=body, headers=headers) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
-                if line.startswith("data: {") and '"usage"' in line and '"choices":[]' in line:
-                    import json
-
-                    tokens = int(json.loads(line[6:])["usage"]["completion_tokens"])
+                if line.startswith("data: {") and '"usage"' in line:
+                    event = json.loads(line[6:])
+                    if not event.get("choices"):
+                        tokens = int(event["usage"]["completion_tokens"])
         return tokens
 
     started = time.perf_counter()
@@ -104,6 +106,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the bare engine's own lines are not figures
     load_before = os.getloadavg()
     env = {**os.environ, "API_TOKEN": TOKEN, "ENGINE": "llama.cpp", "HOST": "127.0.0.1",
            "PORT": "18931", "MAX_CONCURRENCY": "16", "MAX_TOKENS": str(args.max_tokens),

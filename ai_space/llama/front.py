@@ -36,6 +36,9 @@ log = logging.getLogger("ai_space")
 # Tokens are at most the rendered prompt's bytes (each token covers at least one byte); the
 # template adds its own text around the messages. Under this bound no count is needed.
 _TEMPLATE_BYTES = 1024
+# A chunk holding one of these is parsed (the end, the token counts, an error, the timings
+# dropped); any other after the first text is relayed as it came.
+_MARKS = ('"finish_reason":"', '"usage"', '"error"', '"timings"')
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -160,9 +163,14 @@ class LlamaChat:
             raise error
         return upstream
 
-    async def _events(self, upstream: httpx.Response, answer: Answer
-                      ) -> AsyncIterator[dict[str, Any]]:
-        """The engine's chunks, parsed and noted; an error event or a lost engine raises."""
+    async def _events(self, upstream: httpx.Response, answer: Answer, *, relay: bool = False
+                      ) -> AsyncIterator[dict[str, Any] | str]:
+        """The engine's chunks, parsed and noted; an error event or a lost engine raises.
+
+        Relaying a stream, a chunk that only carries more text after the first is passed on
+        as the engine wrote it (a str), unparsed: the metrics need the first text, the end
+        and the usage, and the caller needs nothing changed in the rest.
+        """
         cut = answer.cut
         try:
             async for line in upstream.aiter_lines():
@@ -171,6 +179,10 @@ class LlamaChat:
                 text = line[6:]
                 if text == "[DONE]":
                     return
+                if relay and answer.first is not None and cut is None and \
+                        not any(mark in text for mark in _MARKS):
+                    yield text
+                    continue
                 event = json.loads(text)
                 if "error" in event:
                     raise APIError(str(event["error"].get("message", "generation failed")),
@@ -190,8 +202,10 @@ class LlamaChat:
     async def _relay(self, upstream: httpx.Response, answer: Answer,
                      include_usage: bool) -> AsyncIterator[bytes]:
         try:
-            async for event in self._events(upstream, answer):
-                if event.get("choices") or include_usage:
+            async for event in self._events(upstream, answer, relay=True):
+                if isinstance(event, str):
+                    yield f"data: {event}\n\n".encode()
+                elif event.get("choices") or include_usage:
                     yield _sse(event)
             if answer.finish_reason is None:
                 raise APIError("the chat engine stopped while answering",
