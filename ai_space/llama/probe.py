@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
         str(engine_binary()), "--model", str(model), "--ctx-size", "256", "--parallel", "1",
         "--threads", str(threads), "--threads-batch", str(threads), "--cache-type-k", kv_type,
         "--cache-type-v", kv_type, "--flash-attn", "on", "--cache-ram", "0", "--no-webui",
+        "--no-warmup",
         "--log-verbosity", "1"], restart=False)
     try:
         engine.start()
