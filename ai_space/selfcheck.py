@@ -2,9 +2,10 @@
 
 llama.cpp's kernels are native code: a build that uses an instruction this CPU lacks, or one
 the host reports but does not hand to threads (AMX tiles on some cloud hosts), dies by SIGILL
-on the first decode. In the server that is every request's crash. So the first decode happens
-in a child: if it dies, ENGINE=auto serves with transformers instead, and ENGINE=llama.cpp
-refuses to start. This module never imports llama_cpp itself.
+on the first decode: an engine that would die on every request. So the first decode happens
+in a child (`ai_space.llama.probe`, which runs llama-server and dies by the signal it died
+by): if it fails, ENGINE=auto serves with transformers instead, and ENGINE=llama.cpp refuses
+to start.
 """
 
 from __future__ import annotations
