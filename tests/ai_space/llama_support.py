@@ -56,6 +56,15 @@ def decoded(process: EngineProcess) -> int:
                default=0)
 
 
+def decode_steps(process: EngineProcess) -> int:
+    """llama-server's count of llama_decode() calls so far, from its own /metrics."""
+    transport = httpx.HTTPTransport(uds=str(process.socket))
+    with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {process.key}"}).text
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("llamacpp:n_decode_total "))))
+
+
 def token_time(process: EngineProcess, tokens: int = 3) -> float:
     """Seconds a token takes now, timed on a slot that is decoding (from its own count)."""
     wait_until(lambda: decoded(process) >= 2, 60)
