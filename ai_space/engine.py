@@ -18,7 +18,7 @@ from ai_space.config import ConfigError, Settings
 from ai_space.cpus import default_threads
 from ai_space.models.packaged import resolve
 from ai_space.protocols import EngineName
-from ai_space.selfcheck import PROBE_COMMAND, run_probe
+from ai_space.selfcheck import run_probe
 
 log = logging.getLogger("ai_space")
 
@@ -57,11 +57,13 @@ class EngineChoice:
 
 
 def decide_engine(settings: Settings,
-                  probe_command: Sequence[str] = PROBE_COMMAND) -> EngineChoice:
+                  probe_command: Sequence[str] | None = None) -> EngineChoice:
     """The engine for these settings, after llama.cpp's self-check where llama.cpp would serve.
 
-    A failed self-check makes ENGINE=auto choose transformers (one warning line) and makes
-    ENGINE=llama.cpp raise EngineRefused: a clear refusal at start, not a crash per request.
+    The check starts llama-server itself as the child (ai_space/llama/probe.py); a test may
+    give a probe command instead (selfcheck.run_probe). A failed self-check makes ENGINE=auto
+    choose transformers (one warning line) and makes ENGINE=llama.cpp raise EngineRefused: a
+    clear refusal at start, not a crash per request.
     """
     name, why = _static_choice(settings)
     if name != "llama.cpp":
@@ -70,9 +72,16 @@ def decide_engine(settings: Settings,
     if gguf is None:
         # Loading says what is missing; the self-check has nothing to run.
         return EngineChoice(name, why)
-    probe = run_probe(gguf, threads=settings.n_threads or default_threads(),
-                      kv_type=settings.kv_type, model_id=settings.model_id,
-                      weights=settings.weights, command=probe_command)
+    threads = settings.n_threads or default_threads()
+    if probe_command is None:
+        from ai_space.llama.probe import probe_engine
+
+        probe, _ = probe_engine(gguf, threads=threads, kv_type=settings.kv_type,
+                                model_id=settings.model_id, weights=settings.weights)
+    else:
+        probe = run_probe(gguf, threads=threads, kv_type=settings.kv_type,
+                          model_id=settings.model_id, weights=settings.weights,
+                          command=probe_command)
     if probe.ok:
         return EngineChoice(name, f"{why}; self-check passed ({probe.detail})")
     if settings.engine == "llama.cpp":

@@ -15,7 +15,6 @@ from ai_space.engine import EngineChoice, EngineRefused, decide_engine, runs_on_
 from ai_space.generation import Finished
 from ai_space.metrics import ServerMetrics
 from ai_space.protocols import ChatFormat, Engine, EngineName, TextEmbedder
-from ai_space.selfcheck import PROBE_COMMAND
 
 if TYPE_CHECKING:
     from ai_space.llama.engines import LlamaEngines
@@ -33,7 +32,7 @@ class Hooks:
     load_gate: loading waits until this event is set (holds the server in "loading").
     step_gate: either engine's loop waits for it before each forward pass (holds generations).
     on_finish: called from the engine's thread with each request's final event (metrics).
-    probe_command: the llama.cpp self-check's child (selfcheck.PROBE_COMMAND when None).
+    probe_command: a command to run as llama.cpp's self-check instead of llama-server itself.
     """
 
     load_gate: threading.Event | None = None
@@ -55,7 +54,7 @@ class ModelHost:
         self.hooks = hooks
         self._status: Status = "loading"
         try:
-            choice = decide_engine(settings, hooks.probe_command or PROBE_COMMAND)
+            choice = decide_engine(settings, hooks.probe_command)
         except EngineRefused:
             raise
         except (OSError, ValueError):

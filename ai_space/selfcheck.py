@@ -49,7 +49,7 @@ def run_probe(gguf: Path, *, threads: int, kv_type: str, model_id: str = "",
     took = time.perf_counter() - started
     code = child.returncode
     if code < 0:
-        return ProbeResult(False, f"the probe died by {_signal_name(-code)} after {took:.1f} s")
+        return ProbeResult(False, f"the probe died by {signal_name(-code)} after {took:.1f} s")
     if code != 0:
         last = (child.stderr.strip().splitlines() or ["no message"])[-1][:200]
         return ProbeResult(False, f"the probe exited with code {code}: {last}")
@@ -61,7 +61,8 @@ def run_probe(gguf: Path, *, threads: int, kv_type: str, model_id: str = "",
     return ProbeResult(True, f"decoded {decoded} tokens in a child in {took:.1f} s")
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """A signal's name, with what it means for a llama.cpp build where that is known."""
     try:
         name = signal.Signals(number).name
     except ValueError:
