@@ -85,6 +85,12 @@ class LlamaEngines:
                                               self._embed_max)
         self.metrics.engine_gauges = self.gauges
 
+    async def aclose(self) -> None:
+        """Close the running loop's connections to the engines."""
+        await self.chat_client.aclose()
+        if self.embeddings is not None:
+            await self.embeddings.engine.aclose()
+
     def stop(self) -> None:
         """Stop every engine process."""
         for process in self.processes:
