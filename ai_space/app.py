@@ -28,6 +28,8 @@ def create_app(settings: Settings, hooks: Hooks | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         host.start()
         yield
+        if host.engines is not None:
+            await host.engines.aclose()  # the front's connections to its engines, this loop's
         # Joining the batcher thread blocks; keep the event loop free while it ends.
         await run_in_threadpool(host.close)
 

@@ -1,7 +1,8 @@
-"""What the routes need from an engine, and which engine serves a given configuration.
+"""Which engine serves a given configuration (what the routes need from one: protocols.py).
 
 Two engines sit behind the same HTTP contract: transformers (any Hub or folder model, CPU
-or CUDA, with its own batcher) and llama.cpp (GGUF models on the CPU, continuously batched).
+or CUDA, with its own batcher) and llama.cpp (GGUF models on the CPU, served by llama-server
+processes that the front starts and watches: ai_space/llama/engines.py).
 The routes see only these protocols, so neither engine's libraries load for the other.
 """
 
@@ -12,55 +13,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 from ai_space.config import ConfigError, Settings
 from ai_space.cpus import default_threads
-from ai_space.generation import GenerationJob
 from ai_space.models.packaged import resolve
-from ai_space.selfcheck import PROBE_COMMAND, run_probe
+from ai_space.protocols import EngineName
+from ai_space.selfcheck import run_probe
 
 log = logging.getLogger("ai_space")
 
-EngineName = Literal["transformers", "llama.cpp"]
-
 # Present on a machine with an NVIDIA driver loaded (a GPU Space), absent in CPU containers.
 _NVIDIA = Path("/proc/driver/nvidia/version")
-
-
-class ChatFormat(Protocol):
-    """Turns chat messages into the model's prompt token ids."""
-
-    def prompt_ids(self, turns: list[dict[str, str]]) -> list[int]:
-        """Apply the model's chat template and tokenize; a trailing assistant message is
-        continued (see `prefill.continues_final`), otherwise a new assistant turn is opened."""
-
-
-class Engine(Protocol):
-    """Runs generation jobs: admission control, a queue, and a decode loop in a thread."""
-
-    @property
-    def alive(self) -> bool:
-        """Whether the decode loop is running."""
-
-    def start(self) -> None:
-        """Start the decode loop."""
-
-    def stop(self) -> None:
-        """End every job as cancelled and stop the loop."""
-
-    def submit(self, job: GenerationJob) -> None:
-        """Queue a job, or raise QueueFull."""
-
-
-class TextEmbedder(Protocol):
-    """Sentence embeddings for the /v1/embeddings route."""
-
-    def embed(self, texts: list[str]) -> Any:
-        """Unit-length float vectors, one row per text (anything numpy.asarray takes)."""
-
-    def count_tokens(self, texts: list[str]) -> int:
-        """How many tokens the inputs take after truncation."""
 
 
 def cuda_present() -> bool:
@@ -76,7 +39,7 @@ def runs_on_cpu(device: str) -> bool:
 def choose_engine(settings: Settings) -> EngineName:
     """ENGINE=auto: llama.cpp for a GGUF model on the CPU, transformers for everything else.
 
-    An image without llama-cpp-python (the GPU Space's) stays on transformers under auto.
+    An image without llama-server (the GPU Space's) stays on transformers under auto.
     """
     return _static_choice(settings)[0]
 
@@ -94,11 +57,13 @@ class EngineChoice:
 
 
 def decide_engine(settings: Settings,
-                  probe_command: Sequence[str] = PROBE_COMMAND) -> EngineChoice:
+                  probe_command: Sequence[str] | None = None) -> EngineChoice:
     """The engine for these settings, after llama.cpp's self-check where llama.cpp would serve.
 
-    A failed self-check makes ENGINE=auto choose transformers (one warning line) and makes
-    ENGINE=llama.cpp raise EngineRefused: a clear refusal at start, not a crash per request.
+    The check starts llama-server itself as the child (ai_space/llama/probe.py); a test may
+    give a probe command instead (selfcheck.run_probe). A failed self-check makes ENGINE=auto
+    choose transformers (one warning line) and makes ENGINE=llama.cpp raise EngineRefused: a
+    clear refusal at start, not a crash per request.
     """
     name, why = _static_choice(settings)
     if name != "llama.cpp":
@@ -107,15 +72,22 @@ def decide_engine(settings: Settings,
     if gguf is None:
         # Loading says what is missing; the self-check has nothing to run.
         return EngineChoice(name, why)
-    probe = run_probe(gguf, threads=settings.n_threads or default_threads(),
-                      kv_type=settings.kv_type, model_id=settings.model_id,
-                      weights=settings.weights, command=probe_command)
+    threads = settings.n_threads or default_threads()
+    if probe_command is None:
+        from ai_space.llama.probe import probe_engine
+
+        probe, _ = probe_engine(gguf, threads=threads, kv_type=settings.kv_type,
+                                model_id=settings.model_id, weights=settings.weights)
+    else:
+        probe = run_probe(gguf, threads=threads, kv_type=settings.kv_type,
+                          model_id=settings.model_id, weights=settings.weights,
+                          command=probe_command)
     if probe.ok:
         return EngineChoice(name, f"{why}; self-check passed ({probe.detail})")
     if settings.engine == "llama.cpp":
         raise EngineRefused(f"ENGINE=llama.cpp, but llama.cpp failed its start-up self-check: "
                             f"{probe.detail}. Set ENGINE=auto or ENGINE=transformers, or install "
-                            f"the portable build (ai_space/llama/build_wheel.sh)")
+                            f"the portable build (`make venv`)")
     if not (importlib.util.find_spec("transformers") and importlib.util.find_spec("torch")):
         # The worker image has no torch: no engine can serve, and saying so beats a crash loop.
         raise EngineRefused(f"llama.cpp failed its start-up self-check ({probe.detail}) and "
@@ -132,6 +104,10 @@ def _static_choice(settings: Settings) -> tuple[EngineName, str]:
         return "transformers", "auto: the model is not a GGUF"
     if not runs_on_cpu(settings.device):
         return "transformers", "auto: the model runs on a GPU"
-    if not importlib.util.find_spec("llama_cpp"):
-        return "transformers", "auto: llama-cpp-python is not installed"
+    from ai_space.llama.variants import EngineMissing, engine_binary
+
+    try:
+        engine_binary()
+    except EngineMissing:
+        return "transformers", "auto: llama-server is not installed"
     return "llama.cpp", "auto: a GGUF model on the CPU"

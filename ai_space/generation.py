@@ -46,19 +46,17 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # Logit shaping (ai_space/shaping.py, ai_space/llama/constraints.py); a grammar only on
-    # llama.cpp (request_fields.py refuses JSON formats on the transformers engine).
+    # Logit shaping (ai_space/shaping.py): the transformers engine's; llama-server does its own.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None  # None: off; else how many alternatives per token (0-20)
-    grammar: str | None = None  # GBNF the answer must follow (response_format)
 
     @property
     def shaped(self) -> bool:
         """Whether anything beyond temperature and top_p touches this request's logits."""
         return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias
-                    or self.logprobs is not None or self.grammar)
+                    or self.logprobs is not None)
 
 
 @dataclass(frozen=True)

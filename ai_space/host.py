@@ -7,23 +7,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ai_space.config import Settings
 from ai_space.cpus import default_threads
-from ai_space.engine import (
-    ChatFormat,
-    Engine,
-    EngineChoice,
-    EngineName,
-    EngineRefused,
-    TextEmbedder,
-    decide_engine,
-    runs_on_cpu,
-)
+from ai_space.engine import EngineChoice, EngineRefused, decide_engine, runs_on_cpu
 from ai_space.generation import Finished
 from ai_space.metrics import ServerMetrics
-from ai_space.selfcheck import PROBE_COMMAND
+from ai_space.protocols import ChatFormat, Engine, EngineName, TextEmbedder
+
+if TYPE_CHECKING:
+    from ai_space.llama.engines import LlamaEngines
 
 log = logging.getLogger("ai_space")
 
@@ -38,7 +32,7 @@ class Hooks:
     load_gate: loading waits until this event is set (holds the server in "loading").
     step_gate: either engine's loop waits for it before each forward pass (holds generations).
     on_finish: called from the engine's thread with each request's final event (metrics).
-    probe_command: the llama.cpp self-check's child (selfcheck.PROBE_COMMAND when None).
+    probe_command: a command to run as llama.cpp's self-check instead of llama-server itself.
     """
 
     load_gate: threading.Event | None = None
@@ -60,7 +54,7 @@ class ModelHost:
         self.hooks = hooks
         self._status: Status = "loading"
         try:
-            choice = decide_engine(settings, hooks.probe_command or PROBE_COMMAND)
+            choice = decide_engine(settings, hooks.probe_command)
         except EngineRefused:
             raise
         except (OSError, ValueError):
@@ -74,6 +68,7 @@ class ModelHost:
         self.chat: ChatFormat | None = None
         self.embedder: TextEmbedder | None = None
         self.batcher: Engine | None = None
+        self.engines: LlamaEngines | None = None  # llama.cpp: the engine processes
         # /metrics (ai_space/metrics.py): the engine is wrapped once it has loaded.
         self.metrics = ServerMetrics(self.engine, self.device)
         self._done = threading.Event()
@@ -84,6 +79,8 @@ class ModelHost:
         """loading, ready, or error (failed to load, or the decode loop has died)."""
         if self._status == "ready" and self.batcher is not None and not self.batcher.alive:
             return "error"
+        if self._status == "ready" and self.engines is not None and not self.engines.alive:
+            return "error"  # an engine process died; it is being restarted
         return self._status
 
     def start(self) -> None:
@@ -96,6 +93,8 @@ class ModelHost:
         self._closing.set()
         if self.batcher is not None:
             self.batcher.stop()
+        if self.engines is not None:
+            self.engines.stop()
 
     def wait_loaded(self, timeout: float) -> bool:
         """Block until loading has ended (ready or error); False on timeout."""
@@ -109,13 +108,13 @@ class ModelHost:
                 if self._closing.is_set():
                     return
             if self.engine == "llama.cpp":
-                chat, batcher = self._load_llama()
+                self._load_llama()
             else:
                 chat, batcher = self._load_transformers()
-            batcher.start()
-            self.chat, self.batcher = chat, self.metrics.wrap(batcher)
+                batcher.start()
+                self.chat, self.batcher = chat, self.metrics.wrap(batcher)
             if self._closing.is_set():
-                batcher.stop()
+                self.close()
                 return
             self._status = "ready"
             log.info("ready in %.1fs: model=%s embedding_model=%s engine=%s (%s) device=%s "
@@ -124,14 +123,16 @@ class ModelHost:
                      self.device, self.threads)
         except Exception:
             self._status = "error"
+            if self.engines is not None:
+                self.engines.stop()
             log.exception("model loading failed after %.1fs", time.perf_counter() - started)
         finally:
             self._done.set()
 
-    def _load_llama(self) -> tuple[ChatFormat, Engine]:
-        from ai_space.llama.embed import load_gguf_embedder
-        from ai_space.llama.engine import LlamaEngine
-        from ai_space.llama.model import GGUFChatModel
+    def _load_llama(self) -> None:
+        from ai_space.llama.bert_gguf import cached_gguf
+        from ai_space.llama.engines import LlamaEngines
+        from ai_space.llama.variants import engine_binary
         from ai_space.llama.weights import chat_weights, weights_for
         from ai_space.models.packaged import resolve
 
@@ -140,21 +141,19 @@ class ModelHost:
         if path is None:
             raise ValueError("ENGINE=llama.cpp needs a local GGUF: MODEL_ID a folder or pkg: "
                              "id, and MODEL_FILE the .gguf inside it")
-        if settings.n_ctx <= settings.max_input_tokens:
-            raise ValueError(f"N_CTX ({settings.n_ctx}) must exceed MAX_INPUT_TOKENS "
-                             f"({settings.max_input_tokens})")
         path = chat_weights(path, weights_for(settings.model_id, settings.weights))
-        log.info("loading %s with llama.cpp: %d threads, %d-token %s KV cache, repack %s",
-                 path.name, self.threads, settings.n_ctx, settings.kv_type,
-                 "on" if settings.repack else "off")
-        chat = GGUFChatModel(path, repack=settings.repack)
+        embed_model = embed_folder = None
         if settings.embedding_model_id is not None:
-            self.embedder = load_gguf_embedder(settings.embedding_model_id)
-        engine = LlamaEngine(chat, n_ctx=settings.n_ctx, n_threads=self.threads,
-                             max_batch=settings.max_concurrency, max_queue=settings.max_queue,
-                             kv_type=settings.kv_type,
-                             step_gate=self.hooks.step_gate, on_finish=self.hooks.on_finish)
-        return chat, engine
+            embed_model = cached_gguf(settings.embedding_model_id)
+            embed_folder = resolve(settings.embedding_model_id, None).local_folder
+        engines = LlamaEngines(settings, engine_binary(), path, embed_model, embed_folder,
+                               self.threads, self.metrics)
+        self.engines = engines
+        log.info("starting llama-server for %s: %d slots, %d threads, %d-token %s KV cache",
+                 path.name, settings.max_concurrency, self.threads, settings.n_ctx,
+                 settings.kv_type)
+        engines.start()
+        log.info("chat engine: %s", " ".join(engines.chat_process.command()))
 
     def _load_transformers(self) -> tuple[ChatFormat, Engine]:
         import torch

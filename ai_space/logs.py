@@ -94,3 +94,6 @@ def configure(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: here that is the front's own calls to its engines,
+    # one or more per chat, which say nothing the front's own line does not.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ai_space.engine import Engine
 from ai_space.generation import Delta, Event, Finished, GenerationJob
+from ai_space.protocols import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -60,13 +60,14 @@ class _EngineState(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Gauges read at scrape time (both engines keep `_pending` and `_active`)."""
+        """Gauges read at scrape time: the batcher's queue, or llama-server's own gauges."""
         info = GaugeMetricFamily("ai_space_engine_info", "The engine and device in use (1)",
                                  labels=["engine", "device"])
         info.add_metric([self.metrics.engine_name, self.metrics.device], 1.0)
         yield info
         engine = self.metrics.engine
         if engine is None:
+            yield from self._engine_process()
             return
         queued = len(getattr(engine, "_pending", ()))
         active = int(getattr(engine, "_active", 0))
@@ -82,6 +83,24 @@ class _EngineState(Collector):
                                     value=used / n_ctx)
 
 
+    def _engine_process(self) -> Iterator[GaugeMetricFamily]:
+        """llama-server's own gauges, read at this scrape (ai_space/llama/engines.py)."""
+        values = self.metrics.engine_values
+        if not values:
+            return
+        ours = {"requests_deferred": ("ai_space_queue_depth",
+                                      "Requests waiting for a generation slot"),
+                "requests_processing": ("ai_space_running_requests", "Requests generating now"),
+                "kv_cache_usage_ratio": ("ai_space_kv_cache_usage_ratio",
+                                         "Share of the KV cache held by running requests")}
+        for key, (name, text) in ours.items():
+            if key in values:
+                yield GaugeMetricFamily(name, text, value=values[key])
+        for key, value in sorted(values.items()):
+            yield GaugeMetricFamily(f"ai_space_engine_{key}",
+                                    f"llama-server's {key}, read at scrape time", value=value)
+
+
 class ServerMetrics:
     """One server's registry: histograms and counters fed by the timed jobs."""
 
@@ -90,6 +109,9 @@ class ServerMetrics:
         self.engine_name = engine_name
         self.device = device
         self.engine: Engine | None = None  # the real one, once loaded
+        # The llama.cpp front's engines report their own gauges, read at each scrape.
+        self.engine_gauges: Callable[[], Awaitable[dict[str, float]]] | None = None
+        self.engine_values: dict[str, float] = {}
         self._clock = clock
         self.registry = registry = CollectorRegistry()
         self.first_token = Histogram(
@@ -131,6 +153,12 @@ class ServerMetrics:
 
         return timed_emit
 
+    def record(self, submitted: float, first: float | None, event: Finished) -> None:
+        """One request relayed by the llama.cpp front (times from time.monotonic)."""
+        if first is not None:
+            self.first_token.observe(first - submitted)
+        self._finished(event, first, time.monotonic())
+
     def _finished(self, event: Finished, first: float | None, now: float) -> None:
         self.finished.labels(event.finish_reason).inc()
         self.tokens.labels("in").inc(event.prompt_tokens)
@@ -143,5 +171,7 @@ class ServerMetrics:
 
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics: Prometheus' text format."""
+        if self.engine_gauges is not None:
+            self.engine_values = await self.engine_gauges()
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
 

@@ -13,16 +13,3 @@ def continues_final(turns: list[dict[str, str]]) -> bool:
     is a prefill, continued the way vLLM and TGI continue one (transformers'
     `continue_final_message`), not closed and answered by a new turn."""
     return bool(turns) and turns[-1]["role"] == "assistant" and bool(turns[-1]["content"])
-
-
-def cut_after_final(rendered: str, final: str) -> str:
-    """The rendered chat up to the end of its final message's text, so that generation goes
-    on from there (the template's end-of-turn marker dropped); transformers'
-    `continue_final_message` rendering, for the engines that render templates themselves."""
-    if final.strip() not in rendered:
-        raise ValueError("the final assistant message does not appear in the rendered chat")
-    at = rendered.rindex(final.strip())
-    if rendered[at:at + len(final.lstrip())] == final:
-        return rendered[:at + len(final.lstrip())]
-    # The template trimmed the message's trailing whitespace: stop where its text stops.
-    return rendered[:at + len(final.strip())]

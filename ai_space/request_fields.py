@@ -13,19 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ai_space.engine import EngineName
 from ai_space.errors import Unsupported
+from ai_space.protocols import EngineName
 from ai_space.schema import ChatCompletionRequest, EmbeddingRequest
 
-# Served by both engines (validated in schema.py; logit shaping in ai_space/shaping.py and
-# ai_space/llama/constraints.py).
+# Served by both engines (validated in schema.py; on transformers the logit shaping is in
+# ai_space/shaping.py, on llama.cpp llama-server's own sampler does it).
 SERVED = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "stream", "stream_options", "stop", "seed", "n", "logprobs", "top_logprobs",
     "presence_penalty", "frequency_penalty", "logit_bias",
 })
-# Served by the llama.cpp engine only: llama.cpp's grammar sampler constrains JSON.
-LLAMA_ONLY = frozenset({"response_format"})
+# Served by the llama.cpp engine only, passed on to llama-server: its grammar sampler
+# constrains JSON, and with --jinja it renders tools into the prompt and parses tool calls
+# (streamed too) out of the answer.
+LLAMA_ONLY = frozenset({"response_format", "tools", "tool_choice"})
 # Bookkeeping for OpenAI's platform (storage, caching, abuse tracking, billing tiers): they
 # never change the text of an answer, so accepting them drops nothing a caller would miss.
 BOOKKEEPING = frozenset({
@@ -34,8 +36,6 @@ BOOKKEEPING = frozenset({
 })
 # Documented features no engine here has: the reason goes into the 400's message.
 REFUSED = {
-    "tools": "the models here are not served with tool calling",
-    "tool_choice": "the models here are not served with tool calling",
     "functions": "the models here are not served with function calling",
     "function_call": "the models here are not served with function calling",
     "audio": "text output only",
@@ -45,6 +45,7 @@ REFUSED = {
     "reasoning_effort": "the models here are not reasoning models",
     "verbosity": "answer length is set by max_tokens only",
 }
+_TOOLS_WHY = "tool calling needs the llama.cpp engine (the transformers engine has no tool parser)"
 DOCUMENTED = SERVED | LLAMA_ONLY | BOOKKEEPING | frozenset(REFUSED)
 
 _TRANSFORMERS_WHY = ("JSON output needs a grammar, which the transformers engine does not have "
@@ -62,16 +63,17 @@ _HARMLESS: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
     "service_tier": lambda v, _: v in {"auto", "default"},
     "modalities": lambda v, _: v == ["text"],
     "reasoning_effort": lambda v, _: v == "none",
-    "tools": lambda v, _: v == [],
     "functions": lambda v, _: v == [],
     # "none", or "auto" with no tools to choose from, both mean a plain text answer.
-    "tool_choice": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("tools"))),
     "function_call": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("functions"))),
 }
 
 # On the transformers engine, values that leave the output free text.
-_TRANSFORMERS_HARMLESS: dict[str, Callable[[Any], bool]] = {
-    "response_format": lambda v: v.type == "text",
+_TRANSFORMERS_HARMLESS: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
+    "response_format": lambda v, _: v.type == "text",
+    "tools": lambda v, _: v == [],
+    # "none", or "auto" with no tools to choose from, both mean a plain text answer.
+    "tool_choice": lambda v, f: v == "none" or (v == "auto" and _empty(f.get("tools"))),
 }
 
 
@@ -87,8 +89,9 @@ def _why_refused(name: str, value: Any, fields: dict[str, Any], engine: EngineNa
         return REFUSED.get(name, f"only the default value is served, not {value!r}")
     if name in REFUSED:
         return REFUSED[name]
-    if name in LLAMA_ONLY and engine != "llama.cpp" and not _TRANSFORMERS_HARMLESS[name](value):
-        return _TRANSFORMERS_WHY
+    if name in LLAMA_ONLY and engine != "llama.cpp" and \
+            not _TRANSFORMERS_HARMLESS[name](value, fields):
+        return _TRANSFORMERS_WHY if name == "response_format" else _TOOLS_WHY
     return None
 
 
@@ -99,19 +102,27 @@ def _why_refused(name: str, value: Any, fields: dict[str, Any], engine: EngineNa
 _MESSAGE_ACCEPTED = frozenset({"name", "annotations"})
 
 
-def _check_messages(body: ChatCompletionRequest) -> None:
+# On llama.cpp, a past turn's tool calls and a tool's answer are rendered by the template.
+_MESSAGE_LLAMA = frozenset({"tool_calls", "tool_call_id"})
+
+
+def _check_messages(body: ChatCompletionRequest, engine: EngineName) -> None:
+    accepted = _MESSAGE_ACCEPTED | (_MESSAGE_LLAMA if engine == "llama.cpp" else frozenset())
     for i, message in enumerate(body.messages):
+        if message.role == "tool" and engine != "llama.cpp":
+            raise Unsupported(f"messages[{i}].role", _TOOLS_WHY)
         for key, value in sorted((message.model_extra or {}).items()):
-            if key not in _MESSAGE_ACCEPTED and not _empty(value):
-                why = ("the models here are not served with tool calling"
-                       if key in {"tool_calls", "function_call", "tool_call_id"}
+            if key not in accepted and not _empty(value):
+                why = (_TOOLS_WHY if key in _MESSAGE_LLAMA
+                       else "functions are not served: use tools"
+                       if key == "function_call"
                        else "only text content is rendered into the prompt")
                 raise Unsupported(f"messages[{i}].{key}", why)
 
 
 def check_fields(body: ChatCompletionRequest, engine: EngineName) -> None:
     """Raise Unsupported for the first field this engine cannot honour; null means absent."""
-    _check_messages(body)
+    _check_messages(body, engine)
     fields = {name: getattr(body, name) for name in body.model_fields_set
               if name in type(body).model_fields}
     fields.update(body.model_extra or {})

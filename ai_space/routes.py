@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ai_space import schema
 from ai_space.config import Settings
-from ai_space.engine import ChatFormat, Engine
 from ai_space.errors import ERROR_RESPONSES, BadRequest, NotFound, NotReady
 from ai_space.host import ModelHost
 from ai_space.prefill import continues_final
+from ai_space.protocols import ChatFormat, Engine
 from ai_space.request_fields import check_dimensions, check_embedding_fields, check_fields
 from ai_space.sse import ChatStream, collect
 
@@ -100,6 +100,12 @@ def _prompt(chat: ChatFormat, body: schema.ChatCompletionRequest) -> list[int]:
 async def chat_completions(body: schema.ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions, streamed as SSE or answered whole."""
     settings, host = _settings(request), _host(request)
+    if host.engines is not None:
+        if host.status != "ready" or host.engines.chat is None:
+            _ready(host)
+            raise NotReady("model is loading")
+        check_fields(body, host.engine)
+        return await host.engines.chat.respond(body, request)
     chat, batcher = _ready(host)
     check_fields(body, host.engine)
     prompt_ids = await run_in_threadpool(_prompt, chat, body)
@@ -137,9 +143,10 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     if settings.embedding_model_name is None:
         raise NotFound("no embedding model is configured on this server",
                        code="model_not_found")
-    _ready(host)
-    embedder = host.embedder
-    if embedder is None:
+    if host.engines is None:
+        _ready(host)
+    elif host.status != "ready" or host.engines.embeddings is None:
+        _ready(host)
         raise NotReady("embedding model is loading")
     check_embedding_fields(body)
     texts = body.texts()
@@ -151,9 +158,15 @@ async def embeddings(body: schema.EmbeddingRequest, request: Request) -> JSONRes
     if len(texts) > settings.max_embedding_inputs:
         raise BadRequest(f"at most {settings.max_embedding_inputs} inputs per request")
     started = time.perf_counter()
-    vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
+    if host.engines is not None and host.engines.embeddings is not None:
+        vectors, tokens = await host.engines.embeddings.embed(texts)
+    else:
+        embedder = host.embedder
+        if embedder is None:
+            raise NotReady("embedding model is loading")
+        vectors = np.asarray(await run_in_threadpool(embedder.embed, texts))
+        tokens = await run_in_threadpool(embedder.count_tokens, texts)
     check_dimensions(body, int(vectors.shape[1]))  # the width is known once a vector is
-    tokens = await run_in_threadpool(embedder.count_tokens, texts)
     host.metrics.tokens.labels("embedding").inc(tokens)  # beside generations' in and out
     log.info("embeddings inputs=%d tokens=%d latency_ms=%.0f", len(texts), tokens,
              (time.perf_counter() - started) * 1000)

@@ -27,7 +27,8 @@ class ChatMessage(BaseModel):
 
     # Kept, so a tool call or audio in a past turn is refused by name (request_fields.py).
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    # `tool` (a tool's answer) is served on llama.cpp only (request_fields.py).
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 
     @model_validator(mode="after")

@@ -2,9 +2,10 @@
 
 llama.cpp's kernels are native code: a build that uses an instruction this CPU lacks, or one
 the host reports but does not hand to threads (AMX tiles on some cloud hosts), dies by SIGILL
-on the first decode. In the server that is every request's crash. So the first decode happens
-in a child: if it dies, ENGINE=auto serves with transformers instead, and ENGINE=llama.cpp
-refuses to start. This module never imports llama_cpp itself.
+on the first decode: an engine that would die on every request. So the first decode happens
+in a child (`ai_space.llama.probe`, which runs llama-server and dies by the signal it died
+by): if it fails, ENGINE=auto serves with transformers instead, and ENGINE=llama.cpp refuses
+to start.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def run_probe(gguf: Path, *, threads: int, kv_type: str, model_id: str = "",
     took = time.perf_counter() - started
     code = child.returncode
     if code < 0:
-        return ProbeResult(False, f"the probe died by {_signal_name(-code)} after {took:.1f} s")
+        return ProbeResult(False, f"the probe died by {signal_name(-code)} after {took:.1f} s")
     if code != 0:
         last = (child.stderr.strip().splitlines() or ["no message"])[-1][:200]
         return ProbeResult(False, f"the probe exited with code {code}: {last}")
@@ -60,7 +61,8 @@ def run_probe(gguf: Path, *, threads: int, kv_type: str, model_id: str = "",
     return ProbeResult(True, f"decoded {decoded} tokens in a child in {took:.1f} s")
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """A signal's name, with what it means for a llama.cpp build where that is known."""
     try:
         name = signal.Signals(number).name
     except ValueError:

@@ -1,6 +1,6 @@
 """Per-request logit shaping on the transformers engine: logit_bias, presence and frequency
-penalties, and log-probabilities (the llama.cpp engine's twin is ai_space/llama/constraints.py;
-a JSON grammar has no counterpart here, so request_fields.py refuses it on this engine).
+penalties, and log-probabilities (on llama.cpp, llama-server's sampler does all of it; a JSON
+grammar has no counterpart here, so request_fields.py refuses it on this engine).
 
 Around the batcher's own sampler: `before` records the model's log-probabilities and adds
 biases and penalties to a copy of the row's logits; `after` counts the token picked for the

@@ -15,10 +15,10 @@ from fastapi import Request
 
 from ai_space import schema
 from ai_space.config import Settings
-from ai_space.engine import Engine
 from ai_space.errors import APIError, error_body
 from ai_space.generation import Delta, Event, Finished, GenerationJob, SamplingParams, TokenLogprob
 from ai_space.logprobs import LogprobBuffer, content
+from ai_space.protocols import Engine
 
 log = logging.getLogger("ai_space")
 
@@ -39,17 +39,7 @@ def sampling(body: schema.ChatCompletionRequest, settings: Settings) -> Sampling
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        grammar=_grammar(body.response_format),
     )
-
-
-def _grammar(fmt: schema.ResponseFormat | None) -> str | None:
-    if fmt is None or fmt.type == "text":
-        return None
-    # Only the llama.cpp engine gets here (request_fields.py refuses JSON on transformers).
-    from ai_space.llama.constraints import grammar_for
-
-    return grammar_for(fmt)
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:

@@ -1,1 +1,1 @@
-"""The llama.cpp engine: GGUF chat models and sentence embeddings on the CPU."""
+"""The llama.cpp engine: llama-server processes behind the front, on the CPU."""

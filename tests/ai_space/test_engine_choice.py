@@ -4,28 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ai_space import ConfigError, Settings
 from ai_space.cpus import default_threads, has_avx512_bf16, quota_cores
 from ai_space.engine import choose_engine
-from ai_space.generation import SamplingParams
-from ai_space.llama.sampling import pick_from
 
 
 def _settings(**values: object) -> Settings:
     return Settings(allow_no_auth=True, **values)  # type: ignore[arg-type]
 
 
-def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu(tmp_path: Path) -> None:
-    """GIVEN ENGINE=auto WHEN the model is the packaged GGUF on the CPU THEN llama.cpp; WHEN
-    it is a transformers folder, or DEVICE is cuda THEN transformers."""
+def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN ENGINE=auto and llama-server installed WHEN the model is the packaged GGUF on the
+    CPU THEN llama.cpp; WHEN it is a transformers folder, or DEVICE is cuda THEN transformers;
+    WHEN llama-server is not installed THEN transformers, and says why."""
+    (tmp_path / "home" / "bin").mkdir(parents=True)
+    (tmp_path / "home" / "bin" / "llama-server").write_text("")
+    monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path / "home"))
     assert choose_engine(_settings(device="cpu")) == "llama.cpp"
     assert choose_engine(_settings(model_id=str(tmp_path), device="cpu")) == "transformers"
     assert choose_engine(_settings(device="cuda")) == "transformers"
     assert choose_engine(_settings(model_id=str(tmp_path), model_file="m.gguf",
                                    device="cpu")) == "llama.cpp"
+    monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path / "nowhere"))
+    assert choose_engine(_settings(device="cpu")) == "transformers"
 
 
 def test_engine_setting_overrides_auto() -> None:
@@ -83,20 +87,3 @@ def test_bf16_is_detected_from_cpu_flags(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
     assert not has_avx512_bf16(info)
     assert not has_avx512_bf16(tmp_path / "missing")
-
-
-def test_llama_sampling_is_per_request() -> None:
-    """GIVEN logits WHEN temperature is 0 THEN argmax; WHEN top_p is tiny THEN the top token;
-    WHEN two requests share a seed THEN they draw the same tokens."""
-    logits = np.array([0.1, 3.0, 2.0, -1.0], dtype=np.float32)
-    rng = np.random.default_rng(0)
-    assert pick_from(logits, SamplingParams(4, temperature=0), rng) == 1
-    top = SamplingParams(4, temperature=1.0, top_p=0.01)
-    assert {pick_from(logits, top, rng) for _ in range(100)} == {1}
-    seeded = SamplingParams(4, temperature=1.5, seed=7)
-    first, second = np.random.default_rng(7), np.random.default_rng(7)
-    draws = [(pick_from(logits, seeded, first), pick_from(logits, seeded, second))
-             for _ in range(50)]
-    assert all(a == b for a, b in draws)
-    assert len({a for a, _ in draws}) > 1
-    assert pick_from(logits, SamplingParams(4, temperature=5e-324), rng) == 1

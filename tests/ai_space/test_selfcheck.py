@@ -17,6 +17,7 @@ from ai_space.engine import EngineRefused, decide_engine
 from ai_space.models.packaged import resolve
 from ai_space.selfcheck import run_probe
 from tests.ai_space.conftest import TOKEN, serve
+from tests.ai_space.llama_support import require_engine
 
 # A probe child that dies the way an AMX kernel does on a host without the tile state.
 SIGILL_CHILD = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
@@ -76,6 +77,7 @@ def test_the_real_probe_passes_here_on_the_weights_that_will_serve(gguf_cache: P
     probe runs THEN it decodes the derived weights the engine will serve (made into GGUF_CACHE
     by the probe, so the server's load reuses them), and auto chooses llama.cpp with the
     self-check in its reason."""
+    require_engine()
     assert SMOLLM2 is not None
     assert run_probe(SMOLLM2, threads=2, kv_type="q8_0").ok
     assert not list(gguf_cache.glob("*.gguf"))  # the file as shipped derives nothing
@@ -83,6 +85,23 @@ def test_the_real_probe_passes_here_on_the_weights_that_will_serve(gguf_cache: P
     assert choice.name == "llama.cpp"
     assert "self-check passed" in choice.reason
     assert [p.name.split("-")[-3] for p in gguf_cache.glob("*.gguf")] == ["q8_0"]
+
+
+def test_an_engine_that_dies_by_sigill_at_start_fails_the_real_probe(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN a llama-server that dies by SIGILL as it starts (as a kernel this CPU lacks makes
+    it) WHEN the real probe child starts it THEN the probe dies by SIGILL too, and ENGINE=
+    llama.cpp refuses to start, naming the signal."""
+    assert SMOLLM2 is not None
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nkill -ILL $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path))
+    probe = run_probe(SMOLLM2, threads=1, kv_type="q8_0")
+    assert not probe.ok and "SIGILL (illegal instruction" in probe.detail, probe.detail
+    with pytest.raises(EngineRefused, match="SIGILL"):
+        decide_engine(_settings(engine="llama.cpp", n_ctx=4096, max_input_tokens=2048))
 
 
 @pytest.mark.parametrize(("command", "expected"), [

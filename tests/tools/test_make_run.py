@@ -25,6 +25,7 @@ import pytest
 
 from router_tools.cli import main
 from router_tools.stack_plan import ROOT
+from tests.support.procs import children_of
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +52,6 @@ class RunningStack:
     def stderr(self) -> str:
         """Progress and the parts' logs so far."""
         return (self.folder / "stderr.txt").read_text()
-
-
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid`, read from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -230,6 +216,57 @@ def test_demo_tours_routing_sleep_fallback_and_wake(stack: RunningStack,
     assert "answers HTTP 200 text/html (HF's sleeping page), not JSON" in out
     assert "SLEEPING (sleep requested) -> APP_STARTING (restart) -> RUNNING (app healthy)" in out
     sys.stderr.write("\n" + out)
+
+
+def _chat_engine(stack: RunningStack) -> int:
+    """The worker's chat llama-server (the local Space may run one too: not its)."""
+    port = stack.info["worker_url"].rsplit(":", 1)[1]
+    worker = [p for p in children_of(stack.process.pid)
+              if f"PORT={port}\0".encode() in Path(f"/proc/{p}/environ").read_bytes()]
+    assert len(worker) == 1, worker
+    engines = [p for p in children_of(worker[0])
+               if _cmdline(Path(f"/proc/{p}")).split(b" ")[0].endswith(b"llama-server")
+               and b"--embeddings" not in _cmdline(Path(f"/proc/{p}"))]
+    assert len(engines) == 1, engines
+    return engines[0]
+
+
+def test_a_killed_worker_engine_fails_over_and_comes_back(stack: RunningStack):
+    """GIVEN the stack streaming a worker answer WHEN the worker's chat engine (llama-server)
+    is killed mid-stream THEN the worker's /health says error, the router fails over to the
+    Space and the caller's stream still ends with an answer; the worker restarts its engine
+    and is ready again."""
+    from openai import OpenAI
+
+    engine = killed = _chat_engine(stack)
+    health = f"{stack.info['worker_url']}/health"
+    assert httpx.get(health, timeout=10).status_code == 200
+    client = OpenAI(base_url=f"{stack.info['function_url']}/v1", api_key="local",
+                    max_retries=0, timeout=120)
+    try:
+        stream = client.chat.completions.create(
+            model="auto", max_tokens=96, temperature=0, stream=True,
+            messages=[{"role": "user", "content": "Hi! Tell me about the sea."}])
+        text, finish = "", None
+        for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+            if text and engine:
+                os.kill(engine, signal.SIGKILL)
+                engine = 0
+                deadline = time.monotonic() + 5
+                while httpx.get(health, timeout=10).json()["status"] != "error":
+                    assert time.monotonic() < deadline, "the worker's /health never said error"
+    finally:
+        client.close()
+    assert engine == 0, "the answer ended before the engine could be killed"
+    assert finish is not None and len(text.split()) > 3, (finish, text)
+    deadline = time.monotonic() + 60
+    while httpx.get(health, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the worker was not ready again after the restart"
+        threading.Event().wait(0.1)
+    assert _chat_engine(stack) != killed
 
 
 def test_ctrl_c_stops_every_part_and_leaves_no_process(stack: RunningStack):

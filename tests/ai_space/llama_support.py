@@ -1,0 +1,92 @@
+"""Shared helpers for the tests of the llama.cpp front on the real llama-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from ai_space import Settings
+from ai_space.llama.process import EngineProcess
+from ai_space.llama.variants import EngineMissing, engine_binary
+from tests.ai_space.conftest import TOKEN
+
+MODEL = "SmolLM2-135M-Instruct"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def require_engine() -> None:
+    """Skip, saying why, where llama-server is not built (`make venv` builds it)."""
+    try:
+        engine_binary()
+    except EngineMissing as exc:
+        pytest.skip(f"llama-server is not installed here: {exc}")
+
+
+def llama_settings(**values: object) -> Settings:
+    """A llama.cpp worker on the packaged models, small enough for tests."""
+    base = {"api_token": SecretStr(TOKEN), "engine": "llama.cpp", "max_concurrency": 4,
+            "max_queue": 8, "max_tokens": 64, "n_ctx": 4096, "max_input_tokens": 2048,
+            "n_threads": 1}
+    return Settings(**{**base, **values})  # type: ignore[arg-type]
+
+
+def engine_get(process: EngineProcess, path: str) -> Any:
+    """GET from an engine over its socket, with its key (what only the front can do)."""
+    transport = httpx.HTTPTransport(uds=str(process.socket))
+    with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
+        response = client.get(path, headers={"Authorization": f"Bearer {process.key}"})
+    response.raise_for_status()
+    return response.json()
+
+
+def busy_slots(process: EngineProcess) -> int:
+    """How many of llama-server's slots are processing, from its own /slots."""
+    return sum(1 for slot in engine_get(process, "/slots") if slot.get("is_processing"))
+
+
+def decoded(process: EngineProcess) -> int:
+    """Tokens decoded so far by the busiest slot that is processing (0 when none is)."""
+    return max((int((slot.get("next_token") or [{}])[0].get("n_decoded", 0))
+                for slot in engine_get(process, "/slots") if slot.get("is_processing")),
+               default=0)
+
+
+def decode_steps(process: EngineProcess) -> int:
+    """llama-server's count of llama_decode() calls so far, from its own /metrics."""
+    transport = httpx.HTTPTransport(uds=str(process.socket))
+    with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {process.key}"}).text
+    return int(float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("llamacpp:n_decode_total "))))
+
+
+def token_time(process: EngineProcess, tokens: int = 3) -> float:
+    """Seconds a token takes now, timed on a slot that is decoding (from its own count)."""
+    wait_until(lambda: decoded(process) >= 2, 60)
+    start = decoded(process)
+    took = wait_until(lambda: decoded(process) >= start + tokens, 60)
+    return took / tokens
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, step_s: float = 0.002) -> float:
+    """Poll until the condition holds; the seconds it took (AssertionError past the deadline)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, "condition not met in time"
+        time.sleep(step_s)
+    return time.monotonic() - started
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any] | str]:
+    """The data of each SSE event ("[DONE]" as a string)."""
+    import json
+
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[6:]
+            yield data if data == "[DONE]" else json.loads(data)
