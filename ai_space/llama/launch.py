@@ -25,7 +25,8 @@ EMBED_SLOTS, EMBED_SLOT_TOKENS = 2, 512
 
 
 def _common(binary: Path, model: Path, threads: int, alias: str) -> list[str]:
-    return [str(binary), "--model", str(model), "--alias", alias,
+    # Absolute: the engine runs in its own private folder (process.py).
+    return [str(binary), "--model", str(model.resolve()), "--alias", alias,
             "--threads", str(threads), "--threads-batch", str(threads),
             "--cache-ram", "0", "--no-cache-idle-slots", "--metrics", "--slots", "--no-webui",
             "--log-prefix", "--no-log-timestamps", "--log-colors", "off"]

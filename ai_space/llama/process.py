@@ -157,9 +157,12 @@ class EngineProcess:
         with os.fdopen(fd, "w") as out:
             out.write(self.key + "\n")
         self.socket.unlink(missing_ok=True)
+        # cwd is the private folder: ggml's loader also looks for CPU libraries in the working
+        # directory, and only the one beside the binary (the chosen variant) may load.
         proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=_child_env(), close_fds=True, preexec_fn=_die_with_parent)
+                                env=_child_env(), close_fds=True, preexec_fn=_die_with_parent,
+                                cwd=self.folder)
         with self._lock:
             self._proc = proc
         assert proc.stdout is not None

@@ -80,6 +80,21 @@ def test_chat_stream_models_and_health(llama_server: tuple[str, Any],
     assert (health["status"], health["engine"]) == ("ready", "llama.cpp")
 
 
+def test_streams_one_after_another_all_finish(llama_server: tuple[str, Any],
+                                              make_client: MakeClient) -> None:
+    """GIVEN the llama.cpp front WHEN one client asks for ten streams in a row THEN each ends
+    with a finish_reason: llama-server drops a kept-alive connection after a stream, and the
+    front must not take that for an engine that died (a 503 the router fails over on)."""
+    url, _ = llama_server
+    client = make_client(url)
+    for i in range(10):
+        stream = client.chat.completions.create(
+            model=MODEL, max_tokens=4, stream=True,
+            messages=[{"role": "user", "content": f"Count to {i + 2}."}])
+        finishes = [c.choices[0].finish_reason for c in stream if c.choices]
+        assert finishes[-1] in {"stop", "length"}, (i, finishes)
+
+
 def test_only_the_front_reaches_the_engines(llama_server: tuple[str, Any]) -> None:
     """GIVEN the running engines WHEN their command lines and files are read THEN each listens
     on a unix socket in a private folder, takes its key from a 0600 file (never on its command

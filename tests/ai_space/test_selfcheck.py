@@ -93,15 +93,21 @@ def test_an_engine_that_dies_by_sigill_at_start_fails_the_real_probe(
     it) WHEN the real probe child starts it THEN the probe dies by SIGILL too, and ENGINE=
     llama.cpp refuses to start, naming the signal."""
     assert SMOLLM2 is not None
-    fake = tmp_path / "bin" / "llama-server"
-    fake.parent.mkdir()
+    # A build folder as build_server.sh lays it out: a BUILD record and one variant's folder.
+    (tmp_path / "BUILD").write_text(
+        "version 0.3.36\nvariants haswell:SSE42,AVX,F16C,FMA,AVX2,BMI2\n")
+    (tmp_path / "haswell").mkdir()
+    (tmp_path / "haswell" / "libggml-cpu-haswell.so").write_bytes(b"")
+    fake = tmp_path / "haswell" / "llama-server"
     fake.write_text("#!/bin/sh\nkill -ILL $$\n")
     fake.chmod(0o755)
     monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path))
     probe = run_probe(SMOLLM2, threads=1, kv_type="q8_0")
     assert not probe.ok and "SIGILL (illegal instruction" in probe.detail, probe.detail
     with pytest.raises(EngineRefused, match="SIGILL"):
-        decide_engine(_settings(engine="llama.cpp", n_ctx=4096, max_input_tokens=2048))
+        # The file's own weights: nothing to derive, so llama-server is the first to run.
+        decide_engine(_settings(engine="llama.cpp", n_ctx=4096, max_input_tokens=2048,
+                                weights="file"))
 
 
 @pytest.mark.parametrize(("command", "expected"), [
