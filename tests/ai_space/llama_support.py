@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,18 @@ def require_engine() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"llama-server is missing under CI: {exc}")
         pytest.skip(f"llama-server is not installed here: {exc}")
+
+
+def fake_build(home: Path, server_script: str = "") -> Path:
+    """A build folder laid out as build_server.sh makes it (a BUILD record, one variant's folder
+    with its CPU library), whose llama-server is this script; the script's path."""
+    (home / "haswell").mkdir(parents=True)
+    (home / "BUILD").write_text("version 0.3.36\nvariants haswell:SSE42,AVX,F16C,FMA,AVX2,BMI2\n")
+    (home / "haswell" / "libggml-cpu-haswell.so").write_bytes(b"")
+    server = home / "haswell" / "llama-server"
+    server.write_text(server_script)
+    server.chmod(0o755)
+    return server
 
 
 def llama_settings(**values: object) -> Settings:

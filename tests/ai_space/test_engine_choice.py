@@ -9,6 +9,7 @@ import pytest
 from ai_space import ConfigError, Settings
 from ai_space.cpus import default_threads, has_avx512_bf16, quota_cores
 from ai_space.engine import choose_engine
+from tests.ai_space.llama_support import fake_build
 
 
 def _settings(**values: object) -> Settings:
@@ -20,8 +21,7 @@ def test_auto_picks_llama_cpp_for_a_gguf_on_the_cpu(tmp_path: Path,
     """GIVEN ENGINE=auto and llama-server installed WHEN the model is the packaged GGUF on the
     CPU THEN llama.cpp; WHEN it is a transformers folder, or DEVICE is cuda THEN transformers;
     WHEN llama-server is not installed THEN transformers, and says why."""
-    (tmp_path / "home" / "bin").mkdir(parents=True)
-    (tmp_path / "home" / "bin" / "llama-server").write_text("")
+    fake_build(tmp_path / "home")
     monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path / "home"))
     assert choose_engine(_settings(device="cpu")) == "llama.cpp"
     assert choose_engine(_settings(model_id=str(tmp_path), device="cpu")) == "transformers"

@@ -17,7 +17,7 @@ from ai_space.engine import EngineRefused, decide_engine
 from ai_space.models.packaged import resolve
 from ai_space.selfcheck import run_probe
 from tests.ai_space.conftest import TOKEN, serve
-from tests.ai_space.llama_support import require_engine
+from tests.ai_space.llama_support import fake_build, require_engine
 
 # A probe child that dies the way an AMX kernel does on a host without the tile state.
 SIGILL_CHILD = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
@@ -93,14 +93,7 @@ def test_an_engine_that_dies_by_sigill_at_start_fails_the_real_probe(
     it) WHEN the real probe child starts it THEN the probe dies by SIGILL too, and ENGINE=
     llama.cpp refuses to start, naming the signal."""
     assert SMOLLM2 is not None
-    # A build folder as build_server.sh lays it out: a BUILD record and one variant's folder.
-    (tmp_path / "BUILD").write_text(
-        "version 0.3.36\nvariants haswell:SSE42,AVX,F16C,FMA,AVX2,BMI2\n")
-    (tmp_path / "haswell").mkdir()
-    (tmp_path / "haswell" / "libggml-cpu-haswell.so").write_bytes(b"")
-    fake = tmp_path / "haswell" / "llama-server"
-    fake.write_text("#!/bin/sh\nkill -ILL $$\n")
-    fake.chmod(0o755)
+    fake_build(tmp_path, "#!/bin/sh\nkill -ILL $$\n")
     monkeypatch.setenv("LLAMA_SERVER_HOME", str(tmp_path))
     probe = run_probe(SMOLLM2, threads=1, kv_type="q8_0")
     assert not probe.ok and "SIGILL (illegal instruction" in probe.detail, probe.detail
