@@ -140,5 +140,6 @@ def test_load_with_a_flapping_space(gateway: Service, worker: FakeBackend, space
     assert statuses[200] > 0
     assert p99 <= DEADLINE_MS, latencies[-5:]
     assert after[0] <= before[0], f"sockets {before[0]} -> {after[0]}"
-    assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
+    assert after[1] <= before[1], \
+        f"threads {before[1]} -> {after[1]}: {sorted(t.name for t in threading.enumerate())}"
     assert pool_threads() <= POOL_MAX
