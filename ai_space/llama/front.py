@@ -214,6 +214,12 @@ class LlamaChat:
             answer.failed = True
             # The openai client raises on an `error` event, so the caller sees it.
             yield _sse(error_body(500, "server_error", exc.message, "generation_failed"))
+        except Exception as exc:
+            # Anything else cuts the stream: say which, by type only (a message may hold text
+            # of the answer), so a cut stream is never logged as the caller's hang-up.
+            answer.failed = True
+            log.error("chat stream cut by %s", type(exc).__name__)
+            raise
         finally:
             with anyio.CancelScope(shield=True):  # a hang-up cancels us: close it anyway
                 await upstream.aclose()
