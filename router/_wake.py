@@ -139,6 +139,7 @@ class Waker:
         self.on_ready: Callable[[str, float], None] | None = None
         self.poll_s = settings.wake_poll_ms / 1000.0
         self._closed = threading.Event()
+        self._watching = threading.Lock()
 
     def request(self, reason: str, ids: Mapping[str, str] | None = None
                 ) -> threading.Thread | None:
@@ -207,8 +208,14 @@ class Waker:
         if self.on_checked is not None:
             self.on_checked(self.name, reason, stage, restarted)
         on_ready = self.on_ready
-        if restarted and on_ready is not None:
-            ready = self._watch(started)
+        # One watch at a time: a watch lasts until the deployment runs (or WATCH_LIMIT_S), so
+        # one per wake would pile up threads on a deployment that keeps falling asleep; the
+        # running watch already times the wake from its first request.
+        if restarted and on_ready is not None and self._watching.acquire(blocking=False):
+            try:
+                ready = self._watch(started)
+            finally:
+                self._watching.release()
             if ready is not None:
                 on_ready(self.name, ready)
 

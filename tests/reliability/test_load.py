@@ -56,8 +56,15 @@ POOL_MAX = 1
 
 def threads() -> int:
     """Python threads alive in this process, but for the router's event-loop thread (it lives
-    as long as the container, by design: one, POOL_MAX)."""
-    return sum(1 for t in threading.enumerate() if not t.name.startswith(POOL_PREFIX))
+    as long as the container, by design: one, POOL_MAX) and a wake's watch (one per
+    deployment at most, until the deployment runs: counted by `wake_threads`)."""
+    return sum(1 for t in threading.enumerate()
+               if not t.name.startswith((POOL_PREFIX, "wake-")))
+
+
+def wake_threads() -> list[str]:
+    """The wakes' threads alive: a wake, then its watch of the restarted Space."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("wake-")]
 
 
 def pool_threads() -> int:
@@ -142,4 +149,6 @@ def test_load_with_a_flapping_space(gateway: Service, worker: FakeBackend, space
     assert after[0] <= before[0], f"sockets {before[0]} -> {after[0]}"
     assert after[1] <= before[1], \
         f"threads {before[1]} -> {after[1]}: {sorted(t.name for t in threading.enumerate())}"
+    # The flapping Space is woken again and again (its hub never says RUNNING): one watch.
+    assert len(wake_threads()) <= 1, wake_threads()
     assert pool_threads() <= POOL_MAX

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -196,6 +197,35 @@ def test_wake_seconds_time_the_wake_not_the_idle_gap_after_it(serve, hub: FakeHu
     assert _sample(text, "router_space_wake_seconds_count", backend="space") == 1.0
     assert _sample(text, "router_space_wake_seconds_sum", backend="space") < 1.0
     assert wake["request_id"] == first.headers["x-request-id"]
+
+
+def test_a_space_that_sleeps_again_is_watched_by_one_thread(serve, hub: FakeHub,
+                                                            space: FakeBackend,
+                                                            worker: FakeBackend) -> None:
+    """GIVEN the service in front of a sleeping Space that never reaches RUNNING, and no wake
+    cool-down WHEN it is woken, falls asleep again and is woken again THEN both wakes restart
+    it, but one thread watches it: a watch runs until RUNNING (or 30 minutes), so one per wake
+    would pile up on a Space that keeps falling asleep."""
+    space.mode = "sleeping"
+    env = service_env(worker.url, space.url, hub.url, WAKE_POLL_MS="50", WAKE_COOLDOWN_S="0")
+    service = serve(env)
+    with httpx.Client(timeout=10) as client:
+        for restarts in (1, 2):
+            client.post(service.function_url + "/v1/chat/completions",
+                        json={**CHAT, "stream": False})
+            end = time.monotonic() + 10
+            while hub.restarts < restarts:
+                assert time.monotonic() < end, "the Space was not restarted"
+                time.sleep(0.02)
+            hub.set_stage("SLEEPING")
+    end = time.monotonic() + 5
+    while len(_wake_threads()) > 1 and time.monotonic() < end:
+        time.sleep(0.02)
+    assert len(_wake_threads()) == 1, _wake_threads()
+
+
+def _wake_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("wake-")]
 
 
 def _poll_line(caplog: pytest.LogCaptureFixture, message: str) -> dict[str, Any]:
