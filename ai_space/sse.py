@@ -42,7 +42,8 @@ def sampling(body: schema.ChatCompletionRequest, settings: Settings) -> Sampling
     )
 
 
-def _sse(payload: dict[str, Any] | str) -> bytes:
+def sse_event(payload: dict[str, Any] | str) -> bytes:
+    """One server-sent event's bytes: a JSON chunk, or a literal such as "[DONE]"."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
 
@@ -94,28 +95,28 @@ class ChatStream:
         """The SSE body. If the client goes away, Starlette cancels this and the job stops."""
         finished: Finished | None = None
         try:
-            yield _sse(schema.chunk(self.cid, self.model, self.created,
+            yield sse_event(schema.chunk(self.cid, self.model, self.created,
                                     {"role": "assistant", "content": ""}))
             while True:
                 event = await self.queue.get()
                 if isinstance(event, Delta):
-                    yield _sse(schema.chunk(self.cid, self.model, self.created,
+                    yield sse_event(schema.chunk(self.cid, self.model, self.created,
                                             {"content": event.text},
                                             logprobs=self.logprobs_of(event.logprobs)))
                     continue
                 finished = event
                 if event.finish_reason in {"error", "cancelled"}:
                     # The openai client raises on an `error` event, so the caller sees it.
-                    yield _sse(error_body(500, "server_error", _failure(event),
+                    yield sse_event(error_body(500, "server_error", _failure(event),
                                           "generation_failed"))
                 else:
-                    yield _sse(schema.chunk(self.cid, self.model, self.created, {},
+                    yield sse_event(schema.chunk(self.cid, self.model, self.created, {},
                                             event.finish_reason))
                     if include_usage:
-                        yield _sse(schema.usage_chunk(self.cid, self.model, self.created,
+                        yield sse_event(schema.usage_chunk(self.cid, self.model, self.created,
                                                       event.prompt_tokens,
                                                       event.completion_tokens))
-                yield _sse("[DONE]")
+                yield sse_event("[DONE]")
                 return
         finally:
             if finished is None:

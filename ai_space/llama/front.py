@@ -30,6 +30,7 @@ from ai_space.llama.assemble import Answer, PrefillCut
 from ai_space.llama.client import EngineClient, EngineDown, engine_error
 from ai_space.metrics import ServerMetrics
 from ai_space.request_fields import BOOKKEEPING
+from ai_space.sse import sse_event
 
 log = logging.getLogger("ai_space")
 
@@ -39,11 +40,6 @@ _TEMPLATE_BYTES = 1024
 # A chunk holding one of these is parsed (the end, the token counts, an error, the timings
 # dropped); any other after the first text is relayed as it came.
 _MARKS = ('"finish_reason":"', '"usage"', '"error"', '"timings"')
-
-
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
 
 
 class LlamaChat:
@@ -203,17 +199,15 @@ class LlamaChat:
                      include_usage: bool) -> AsyncIterator[bytes]:
         try:
             async for event in self._events(upstream, answer, relay=True):
-                if isinstance(event, str):
-                    yield f"data: {event}\n\n".encode()
-                elif event.get("choices") or include_usage:
-                    yield _sse(event)
+                if isinstance(event, str) or event.get("choices") or include_usage:
+                    yield sse_event(event)
             if answer.finish_reason is None:
                 raise APIError("the chat engine stopped while answering",
                                code="generation_failed")
         except APIError as exc:
             answer.failed = True
             # The openai client raises on an `error` event, so the caller sees it.
-            yield _sse(error_body(500, "server_error", exc.message, "generation_failed"))
+            yield sse_event(error_body(500, "server_error", exc.message, "generation_failed"))
         except Exception as exc:
             # Anything else cuts the stream: say which, by type only (a message may hold text
             # of the answer), so a cut stream is never logged as the caller's hang-up.
@@ -224,7 +218,7 @@ class LlamaChat:
             with anyio.CancelScope(shield=True):  # a hang-up cancels us: close it anyway
                 await upstream.aclose()
             self._done(answer, stream=True)
-        yield _sse("[DONE]")
+        yield sse_event("[DONE]")
 
     async def _collect(self, upstream: httpx.Response, answer: Answer,
                        request: Request) -> dict[str, Any]:
