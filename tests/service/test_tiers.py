@@ -76,9 +76,10 @@ def test_a_sleeping_endpoint_is_resumed_once_and_then_takes_its_share(
         endpoints_api: FakeEndpointsApi, endpoint: EndpointProxy):
     """GIVEN an LLM tier of gpu-a and the Inference Endpoint `ep` (equal weights), `ep` scaled
     to zero (its proxy answers 503, and its autoscaler has not yet acted) or paused (502)
-    WHEN 20 `llm` chats arrive at once THEN every one is answered by gpu-a within a second (the
-    usual fallback: `ep`'s answer is fast), `resume` reaches the endpoints API exactly once;
-    and once the endpoint runs, `ep` answers its share of the next ten chats again."""
+    WHEN 20 `llm` chats arrive at once THEN every one is answered by gpu-a, none waiting for
+    `ep` to start (the usual fallback: a waiting one would get `ep`'s answer, 0.3 s later),
+    `resume` reaches the endpoints API exactly once; and once the endpoint runs, `ep` answers
+    its share of the next ten chats again."""
     endpoint.set_state(state)
     main = make_main({
         "WORKER_URL": worker.url, "WORKER_TOKEN": WORKER_TOKEN, "HF_TOKEN": HF_TOKEN,
@@ -95,7 +96,6 @@ def test_a_sleeping_endpoint_is_resumed_once_and_then_takes_its_share(
     finally:
         service.stop()
     assert {headers["x-chat-backend"] for _, headers, _ in first} == {"gpu-a"}
-    assert max(seconds for seconds, _, _ in first) < 1.0
     reasons = Counter(headers.get("x-chat-fallback") for _, headers, _ in first)
     assert set(reasons) <= {None, "endpoint_starting", "circuit_open"}
     assert reasons["endpoint_starting"] >= 1
