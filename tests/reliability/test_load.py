@@ -25,7 +25,7 @@ import pytest
 from router_service import Service
 from tests.fakes.openai_backend import FakeBackend
 from tests.reliability.conftest import LOAD_REQUESTS, Ledger, Results
-from tests.support.service import serve_main
+from tests.support.service import serve_main, wake_threads
 
 DEADLINE_MS = 2000
 ROUNDS = 3
@@ -60,11 +60,6 @@ def threads() -> int:
     deployment at most, until the deployment runs: counted by `wake_threads`)."""
     return sum(1 for t in threading.enumerate()
                if not t.name.startswith((POOL_PREFIX, "wake-")))
-
-
-def wake_threads() -> list[str]:
-    """The wakes' threads alive: a wake, then its watch of the restarted Space."""
-    return [t.name for t in threading.enumerate() if t.name.startswith("wake-")]
 
 
 def pool_threads() -> int:

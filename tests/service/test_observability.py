@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +27,7 @@ from tests.fakes.openai_backend import FakeBackend
 from tests.fakes.otlp import OtlpReceiver
 from tests.fakes.stream_backend import StreamBackend
 from tests.support.loopback import LoopbackServer
-from tests.support.service import serve_main
+from tests.support.service import serve_main, wake_threads
 from tests.support.streams import read_stream, service_env
 
 KEY = "observe-key-7d2c91f0ab"
@@ -219,13 +218,9 @@ def test_a_space_that_sleeps_again_is_watched_by_one_thread(serve, hub: FakeHub,
                 time.sleep(0.02)
             hub.set_stage("SLEEPING")
     end = time.monotonic() + 5
-    while len(_wake_threads()) > 1 and time.monotonic() < end:
+    while len(wake_threads()) > 1 and time.monotonic() < end:
         time.sleep(0.02)
-    assert len(_wake_threads()) == 1, _wake_threads()
-
-
-def _wake_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("wake-")]
+    assert len(wake_threads()) == 1, wake_threads()
 
 
 def _poll_line(caplog: pytest.LogCaptureFixture, message: str) -> dict[str, Any]:
