@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -77,16 +78,18 @@ async def crowd(function: str) -> dict[str, Any]:
     body = stream_body(STREAM_TOKENS, 2.0)  # a chunk every 20 ms, like a 50 token/s model
     limits = httpx.Limits(max_connections=CONCURRENT_STREAMS)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        async def one() -> tuple[float, int]:
+        async def one() -> tuple[float, int, str]:
             started = time.perf_counter()
             first, count = -1.0, 0
             async with client.stream("POST", url, json=body) as response:
+                if response.status_code != 200:
+                    return first, count, f"status {response.status_code}"
                 async for line in response.aiter_lines():
                     if line.startswith("data: {") and '"x_sent"' in line:
                         count += 1
                         if first < 0:
                             first = (time.perf_counter() - started) * 1000
-            return first, count
+            return first, count, "" if count == STREAM_TOKENS + 1 else f"ended after {count}"
 
         started = time.perf_counter()
         results = await asyncio.gather(*(one() for _ in range(CONCURRENT_STREAMS)),
@@ -98,9 +101,13 @@ async def crowd(function: str) -> dict[str, Any]:
     alive = closed.count(False)
     for _, writer in idle:
         writer.close()
-    done = [r for r in results if isinstance(r, tuple) and r[1] == STREAM_TOKENS + 1]
+    done = [r for r in results if isinstance(r, tuple) and not r[2]]
     firsts = [r[0] for r in done]
-    return {"complete": len(done), "ttft_p50": pct(firsts, 50) if firsts else -1,
+    # Why the others did not complete: a status, a short stream, or the exception's type.
+    why = Counter(r[2] if isinstance(r, tuple) else type(r).__name__ for r in results
+                  if not isinstance(r, tuple) or r[2])
+    return {"complete": len(done), "incomplete": dict(why),
+            "ttft_p50": pct(firsts, 50) if firsts else -1,
             "ttft_p99": pct(firsts, 99) if firsts else -1, "wall_s": wall,
             "idle_open": alive, "firsts": firsts}
 
@@ -213,6 +220,7 @@ def matrix(rounds: int = 3, profile: str = "", against: str = "") -> dict[str, A
     firsts: dict[str, list[float]] = {name: [] for name in names}
     worst: dict[str, float] = dict.fromkeys(names, 0.0)
     complete: dict[str, int] = dict.fromkeys(names, 0)
+    incomplete: dict[str, Counter[str]] = {name: Counter() for name in names}
     cpu: dict[str, float] = dict.fromkeys(names, 0.0)
     wall: dict[str, float] = dict.fromkeys(names, 0.0)
     load_at_start = load()
@@ -232,12 +240,14 @@ def matrix(rounds: int = 3, profile: str = "", against: str = "") -> dict[str, A
                 wall[name] += got["wall_s"]
                 firsts[name] += got["firsts"]
                 complete[name] += got["complete"]
+                incomplete[name].update(got["incomplete"])
                 worst[name] = max(worst[name], got["ttft_p99"])
     shares = profile_shares(PROFILE) if profile else {}
     return {"rounds": rounds, "load": f"{load_at_start} at the start, {load()} at the end",
             "profiled": profile, "profile": shares,
             "configs": {name: {
-        "complete": complete[name], "ttft_p50": pct(v, 50) if v else -1,
+        "complete": complete[name], "incomplete": dict(incomplete[name]),
+        "ttft_p50": pct(v, 50) if v else -1,
         "ttft_p99": pct(v, 99) if v else -1, "worst_round_p99": worst[name],
         "cpu_s_per_round": cpu[name] / rounds, "wall_s_per_round": wall[name] / rounds}
         for name, v in firsts.items()}}
@@ -296,7 +306,8 @@ def rows(fig: dict[str, Any]) -> list[str]:
             f"tracing {'on' if tracing else 'off'})")
         out.append(f"| {CONCURRENT_STREAMS} concurrent streams, {what} | first token p50 / "
                    f"p99 over {fig['rounds']} rounds | {case['ttft_p50']:.0f} / "
-                   f"{case['ttft_p99']:.0f} ms | {case['complete']}/{streams} complete; worst "
+                   f"{case['ttft_p99']:.0f} ms | {case['complete']}/{streams} complete"
+                   f"{_why(case.get('incomplete') or {})}; worst "
                    f"round's p99 {case['worst_round_p99']:.0f} ms; its process used "
                    f"{case['cpu_s_per_round']:.2f} s of CPU in a {case['wall_s_per_round']:.2f} s "
                    f"round; load average {fig['load']} | "
@@ -332,3 +343,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _why(incomplete: dict[str, int]) -> str:
+    """` (not: 3 ReadTimeout, 1 status 503)`, or nothing when every stream completed."""
+    if not incomplete:
+        return ""
+    return " (not: " + ", ".join(f"{n} {why}" for why, n in sorted(incomplete.items())) + ")"
