@@ -125,20 +125,32 @@ class WebFunction:
             request = read_event(event, router.settings.max_body_bytes)
         except RouterError as exc:
             if router is None:
-                logging.getLogger("router.request").warning(
-                    "request refused at the edge", extra={"fields": {"code": exc.code}})
-                return to_do_response(error_response(exc))
+                return _refuse_unrouted(exc, logging.WARNING, "request refused at the edge",
+                                        {"code": exc.code})
             # Logged, traced (and its CORS headers set, so a browser can read why) by the
             # router, like any refusal.
             return to_do_response(router.refuse_now(read_head(event), exc))
         except Exception as exc:
             # Every setting is validated by Settings, so this is a bug in building the router:
             # still our JSON, never the platform's bare 502. Only the type is logged.
-            logging.getLogger("router.request").error(
-                "the router failed to start", extra={"fields": {"exc_type": type(exc).__name__}})
-            return to_do_response(error_response(InternalError(
-                "the router failed to start; see its logs", code="internal_error")))
+            return _refuse_unrouted(
+                InternalError("the router failed to start; see its logs", code="internal_error"),
+                logging.ERROR, "the router failed to start", {"exc_type": type(exc).__name__})
         return to_do_response(router.handle(request, Edge(time_limit_ms=remaining_ms(context))))
+
+
+def _refuse_unrouted(error: RouterError, level: int, message: str,
+                     fields: dict[str, str]) -> dict[str, Any]:
+    # No router to log and trace it: still one id on the answer and on its line, as the
+    # router gives every refusal, so a caller's report leads to the line.
+    import uuid  # here: a path taken only when the router cannot be built
+
+    request_id = uuid.uuid4().hex[:16]
+    logging.getLogger("router.request").log(
+        level, message, extra={"fields": {**fields, "request_id": request_id}})
+    response = error_response(error)
+    response.headers["x-request-id"] = request_id
+    return to_do_response(response)
 
 
 def _build_router(settings: Settings) -> ChatRouter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 
 from router._do_event import FunctionContext
@@ -129,12 +130,18 @@ def test_bad_input_gets_documented_errors(main, worker: FakeBackend):
     assert worker.generation_requests() == 0
 
 
-def test_missing_config_is_a_clear_503(make_main, monkeypatch):
-    """GIVEN no WORKER_URL WHEN called THEN 503 misconfigured naming the variable, no crash."""
+def test_missing_config_is_a_clear_503(make_main, monkeypatch, caplog):
+    """GIVEN no WORKER_URL WHEN called THEN 503 misconfigured naming the variable, no crash;
+    its X-Request-Id is on its log line, as on any refusal, so a caller's report finds it."""
     monkeypatch.delenv("WORKER_URL", raising=False)
+    caplog.set_level(logging.INFO, logger="router.request")
     result = make_main({})(load_event("health"), ctx())
     assert result["statusCode"] == 503
     assert "WORKER_URL" in json.loads(result["body"])["error"]["message"]
+    request_id = result["headers"]["x-request-id"]
+    assert len(request_id) == 16
+    lines = [getattr(r, "fields", {}) for r in caplog.records if r.name == "router.request"]
+    assert [line.get("request_id") for line in lines] == [request_id]
 
 
 def test_warmup_marker_answers_without_backends(main, worker: FakeBackend, space: FakeBackend):
@@ -156,7 +163,6 @@ def test_the_log_line_and_the_headers_render_one_record(main, space: FakeBackend
     """GIVEN a sleeping Space WHEN an `llm` chat falls back to the worker THEN the request's one
     log line and its `X-Chat-*` headers tell the same facts, both rendered from the one record:
     the route, the backend, the fallback, and the attempts (a number in the log line)."""
-    import logging
 
     space.mode = "sleeping"
     caplog.set_level(logging.INFO, logger="router.request")
