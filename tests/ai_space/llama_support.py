@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from pydantic import SecretStr
 
@@ -19,6 +21,11 @@ from tests.ai_space.conftest import TOKEN
 
 MODEL = "SmolLM2-135M-Instruct"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HI = [{"role": "user", "content": "Say hello to the world."}]
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
 
 
 def require_engine() -> None:
@@ -52,11 +59,13 @@ def llama_settings(**values: object) -> Settings:
     return Settings(**{**base, **values})  # type: ignore[arg-type]
 
 
-def engine_get(process: EngineProcess, path: str) -> Any:
-    """GET from an engine over its socket, with its key (what only the front can do)."""
+def engine_get(process: EngineProcess, path: str, body: Any = None) -> Any:
+    """GET (or, with a body, POST) to an engine over its socket, with its key (what only the
+    front can do)."""
     transport = httpx.HTTPTransport(uds=str(process.socket))
     with httpx.Client(transport=transport, base_url="http://engine", timeout=10) as client:
-        response = client.get(path, headers={"Authorization": f"Bearer {process.key}"})
+        response = client.request("GET" if body is None else "POST", path, json=body,
+                                  headers={"Authorization": f"Bearer {process.key}"})
     response.raise_for_status()
     return response.json()
 
@@ -107,3 +116,46 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any] | str]:
         if line.startswith("data: "):
             data = line[6:]
             yield data if data == "[DONE]" else json.loads(data)
+
+
+@dataclass
+class Reply:
+    """One answer, streamed or not, in one shape."""
+
+    text: str = ""
+    finish: str | None = None
+    usage: Any = None
+    logprobs: list[Any] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)
+    chunks: int = 0
+
+
+def ask(client: openai.OpenAI, stream: bool, messages: Any = None, **extra: Any) -> Reply:
+    """Ask once, streamed (chunks assembled here) or not."""
+    body: dict[str, Any] = {"model": MODEL, "messages": messages or HI, "max_tokens": 24,
+                            "temperature": 0, **extra}
+    reply = Reply()
+    if not stream:
+        answer = client.chat.completions.create(**body)
+        choice = answer.choices[0]
+        reply.text, reply.finish, reply.usage = (choice.message.content or "",
+                                                 choice.finish_reason, answer.usage)
+        reply.logprobs = list(choice.logprobs.content or []) if choice.logprobs else []
+        for i, call in enumerate(choice.message.tool_calls or []):
+            reply.tool_calls[i] = {"name": call.function.name,
+                                   "arguments": call.function.arguments}
+        return reply
+    for chunk in client.chat.completions.create(**body, stream=True):
+        reply.chunks += 1
+        reply.usage = chunk.usage or reply.usage
+        for choice in chunk.choices:
+            reply.text += choice.delta.content or ""
+            reply.finish = choice.finish_reason or reply.finish
+            if choice.logprobs and choice.logprobs.content:
+                reply.logprobs += choice.logprobs.content
+            for piece in choice.delta.tool_calls or []:
+                call = reply.tool_calls.setdefault(piece.index, {"name": "", "arguments": ""})
+                if piece.function:
+                    call["name"] += piece.function.name or ""
+                    call["arguments"] += piece.function.arguments or ""
+    return reply

@@ -4,7 +4,6 @@ and not: passed on and honoured, or refused by name."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -13,16 +12,18 @@ import pytest
 from pydantic import BaseModel
 
 from tests.ai_space.conftest import serve
-from tests.ai_space.llama_support import AUTH, MODEL, llama_settings, require_engine
+from tests.ai_space.llama_support import (
+    AUTH,
+    HI,
+    MODEL,
+    WEATHER_TOOL,
+    ask,
+    llama_settings,
+    require_engine,
+)
 
 MakeClient = Callable[..., openai.OpenAI]
-HI = [{"role": "user", "content": "Say hello to the world."}]
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
-
 pytestmark = pytest.mark.slow
 
 
@@ -31,18 +32,6 @@ class City(BaseModel):
 
     name: str
     country: str
-
-
-@dataclass
-class Reply:
-    """One answer, streamed or not, in one shape."""
-
-    text: str = ""
-    finish: str | None = None
-    usage: Any = None
-    logprobs: list[Any] = field(default_factory=list)
-    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)
-    chunks: int = 0
 
 
 @pytest.fixture(scope="module")
@@ -57,37 +46,6 @@ def served() -> Iterator[str]:
 def client(served: str, make_client: MakeClient) -> openai.OpenAI:
     """An openai client pointed at the worker."""
     return make_client(served)
-
-
-def ask(client: openai.OpenAI, stream: bool, messages: Any = None, **extra: Any) -> Reply:
-    """Ask once, streamed (chunks assembled here) or not."""
-    body: dict[str, Any] = {"model": MODEL, "messages": messages or HI, "max_tokens": 24,
-                            "temperature": 0, **extra}
-    reply = Reply()
-    if not stream:
-        answer = client.chat.completions.create(**body)
-        choice = answer.choices[0]
-        reply.text, reply.finish, reply.usage = (choice.message.content or "",
-                                                 choice.finish_reason, answer.usage)
-        reply.logprobs = list(choice.logprobs.content or []) if choice.logprobs else []
-        for i, call in enumerate(choice.message.tool_calls or []):
-            reply.tool_calls[i] = {"name": call.function.name,
-                                   "arguments": call.function.arguments}
-        return reply
-    for chunk in client.chat.completions.create(**body, stream=True):
-        reply.chunks += 1
-        reply.usage = chunk.usage or reply.usage
-        for choice in chunk.choices:
-            reply.text += choice.delta.content or ""
-            reply.finish = choice.finish_reason or reply.finish
-            if choice.logprobs and choice.logprobs.content:
-                reply.logprobs += choice.logprobs.content
-            for piece in choice.delta.tool_calls or []:
-                call = reply.tool_calls.setdefault(piece.index, {"name": "", "arguments": ""})
-                if piece.function:
-                    call["name"] += piece.function.name or ""
-                    call["arguments"] += piece.function.arguments or ""
-    return reply
 
 
 STREAMED = pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
