@@ -89,6 +89,9 @@ class LlamaChat:
         for message in data["messages"]:
             if message.get("role") == "developer":
                 message["role"] = "system"
+        if "tool_choice" in data:
+            data["tools"], data["tool_choice"] = _tool_choice(data["tool_choice"],
+                                                              data.get("tools") or [])
         for key in (body.logit_bias or {}):
             if int(key) >= self.n_vocab:
                 raise BadRequest(f"logit_bias names token {key}, outside the model's "
@@ -259,6 +262,27 @@ class LlamaChat:
                  "latency_ms=%.0f", stream, reason if reason != "cancelled" else "disconnect",
                  answer.prompt_tokens, answer.completion_tokens,
                  (time.monotonic() - answer.started) * 1000)
+
+
+def _tool_choice(choice: Any, tools: list[Any]) -> tuple[list[Any], str]:
+    """The tools and the string tool_choice llama-server honours for the caller's choice.
+
+    llama-server reads tool_choice only as a string and takes any other type as "auto", so
+    a named function would quietly leave the model free: it becomes that one tool, required.
+    """
+    if choice in ("auto", "none", "required"):
+        return tools, choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        named = [tool for tool in tools if isinstance(tool, dict)
+                 and (tool.get("function") or {}).get("name") == name]
+        if isinstance(name, str) and named:
+            return named[:1], "required"
+        raise BadRequest(f"tool_choice names function {name[:64]!r}, which is not among tools"
+                         if isinstance(name, str) else "tool_choice.function.name is missing",
+                         param="tool_choice")
+    raise BadRequest('tool_choice is "none", "auto", "required" or '
+                     '{"type": "function", "function": {"name": ...}}', param="tool_choice")
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
