@@ -63,6 +63,27 @@ class Answer:
     failed: bool = False
     hung_up: bool = False
     cut: PrefillCut | None = None  # a continued message's text, to drop from the answer
+    # parallel_tool_calls false: end at the first call, whatever the engine's parser allows.
+    one_call: bool = False
+    timings: dict[str, Any] = field(default_factory=dict)  # the engine's counts so far
+
+    def one_call_ended(self, event: dict[str, Any]) -> bool:
+        """Whether this chunk starts a second tool call (the first is then whole)."""
+        return any(int(call.get("index", 0)) > 0
+                   for choice in event.get("choices") or ()
+                   for call in (choice.get("delta") or {}).get("tool_calls") or ())
+
+    def end_at_first_call(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks that end the answer at its first call: its finish, then the usage the
+        engine's running counts give (its own usage chunk never comes: it is stopped)."""
+        head: dict[str, Any] = {k: event[k] for k in ("id", "object", "created", "model")
+                                if k in event}
+        prompt = int(self.timings.get("prompt_n", 0)) + int(self.timings.get("cache_n", 0))
+        usage = {"prompt_tokens": prompt,
+                 "completion_tokens": int(self.timings.get("predicted_n", 0)),
+                 "total_tokens": prompt + int(self.timings.get("predicted_n", 0))}
+        return [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+                {**head, "choices": [], "usage": usage}]
 
     def note(self, event: dict[str, Any]) -> None:
         """Take in one chunk."""

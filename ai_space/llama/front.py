@@ -92,6 +92,11 @@ class LlamaChat:
         if "tool_choice" in data:
             data["tools"], data["tool_choice"] = _tool_choice(data["tool_choice"],
                                                               data.get("tools") or [])
+        if data.get("parallel_tool_calls") is False and data.get("tools") and \
+                data.get("tool_choice") != "none":
+            # llama-server's parser may take any number of calls whatever this says, so the
+            # relay ends the answer at the first; the engine's running counts give its usage.
+            data["timings_per_token"] = True
         for key in (body.logit_bias or {}):
             if int(key) >= self.n_vocab:
                 raise BadRequest(f"logit_bias names token {key}, outside the model's "
@@ -127,7 +132,7 @@ class LlamaChat:
         except BaseException:
             self.active -= 1
             raise
-        answer = Answer()
+        answer = Answer(one_call=bool(data.pop("timings_per_token", False)))
         last = body.messages[-1]
         if last.role == "assistant" and last.text() and not (last.model_extra or {}).get(
                 "tool_calls"):
@@ -179,14 +184,19 @@ class LlamaChat:
                 if text == "[DONE]":
                     return
                 if relay and answer.first is not None and cut is None and \
-                        not any(mark in text for mark in _MARKS):
+                        not answer.one_call and not any(mark in text for mark in _MARKS):
                     yield text
                     continue
                 event = json.loads(text)
                 if "error" in event:
                     raise APIError(str(event["error"].get("message", "generation failed")),
                                    code="generation_failed")
-                event.pop("timings", None)
+                answer.timings = event.pop("timings", None) or answer.timings
+                if answer.one_call and answer.one_call_ended(event):
+                    for end in answer.end_at_first_call(event):
+                        answer.note(end)
+                        yield end
+                    return
                 if cut is not None:
                     for choice in event.get("choices") or ():
                         delta = choice.get("delta") or {}

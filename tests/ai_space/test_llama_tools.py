@@ -145,3 +145,22 @@ def test_a_tool_choice_that_names_no_tool_is_refused_by_name(
     with pytest.raises(openai.BadRequestError) as caught:
         _call(worker, False, [WEATHER_TOOL], tool_choice)
     assert caught.value.param == "tool_choice"
+
+
+@STREAMED
+def test_parallel_tool_calls_false_gives_one_call_and_ends_there(
+        worker: tuple[openai.OpenAI, dict[str, int]], stream: bool) -> None:
+    """GIVEN parallel_tool_calls false WHEN the model goes on to a second call THEN the answer
+    is the first call alone, ended with finish_reason tool_calls as soon as the second began,
+    with its usage (llama-server's parser for this template takes any number of calls, and
+    the model here writes a second until max_tokens: two calls and finish length)."""
+    usage = {"stream_options": {"include_usage": True}} if stream else {}
+    many = _call(worker, stream, [WEATHER_TOOL], "required", **usage)
+    assert len(many.tool_calls) == 2 and many.finish == "length"
+    reply = _call(worker, stream, [WEATHER_TOOL], "required", parallel_tool_calls=False,
+                  **usage)
+    assert reply.finish == "tool_calls", reply
+    assert list(reply.tool_calls) == [0]
+    assert json.loads(reply.tool_calls[0]["arguments"]) == {"city": "Paris"}
+    assert reply.usage.prompt_tokens == many.usage.prompt_tokens
+    assert 0 < reply.usage.completion_tokens < many.usage.completion_tokens
