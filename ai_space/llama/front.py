@@ -90,12 +90,13 @@ class LlamaChat:
             if message.get("role") == "developer":
                 message["role"] = "system"
         if "tool_choice" in data:
-            data["tools"], data["tool_choice"] = _tool_choice(data["tool_choice"],
-                                                              data.get("tools") or [])
-        if data.get("parallel_tool_calls") is False and data.get("tools") and \
-                data.get("tool_choice") != "none":
-            # llama-server's parser may take any number of calls whatever this says, so the
-            # relay ends the answer at the first; the engine's running counts give its usage.
+            tools, data["tool_choice"] = _tool_choice(data["tool_choice"],
+                                                      data.get("tools") or [])
+            if tools:
+                data["tools"] = tools
+        if _one_call(data):
+            # The relay ends the answer at the first call; the engine's running counts then
+            # give its usage.
             data["timings_per_token"] = True
         for key in (body.logit_bias or {}):
             if int(key) >= self.n_vocab:
@@ -132,7 +133,7 @@ class LlamaChat:
         except BaseException:
             self.active -= 1
             raise
-        answer = Answer(one_call=bool(data.pop("timings_per_token", False)))
+        answer = Answer(one_call=_one_call(data))
         last = body.messages[-1]
         if last.role == "assistant" and last.text() and not (last.model_extra or {}).get(
                 "tool_calls"):
@@ -293,6 +294,13 @@ def _tool_choice(choice: Any, tools: list[Any]) -> tuple[list[Any], str]:
                          param="tool_choice")
     raise BadRequest('tool_choice is "none", "auto", "required" or '
                      '{"type": "function", "function": {"name": ...}}', param="tool_choice")
+
+
+def _one_call(data: dict[str, Any]) -> bool:
+    # parallel_tool_calls false, where calls may come: llama-server's parser for a template
+    # like Qwen 2.5's takes any number of calls whatever the field says.
+    return data.get("parallel_tool_calls") is False and bool(data.get("tools")) and \
+        data.get("tool_choice") != "none"
 
 
 async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
