@@ -320,6 +320,13 @@ def rows(fig: dict[str, Any]) -> list[str]:
     return out
 
 
+def _why(incomplete: dict[str, int]) -> str:
+    """` (not: 3 ReadTimeout, 1 status 503)`, or nothing when every stream completed."""
+    if not incomplete:
+        return ""
+    return " (not: " + ", ".join(f"{n} {why}" for why, n in sorted(incomplete.items())) + ")"
+
+
 def main() -> None:
     """Run the matrix (or serve the sink or the plain-uvicorn app) and print its rows."""
     parser = argparse.ArgumentParser(description=__doc__,
@@ -343,10 +350,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _why(incomplete: dict[str, int]) -> str:
-    """` (not: 3 ReadTimeout, 1 status 503)`, or nothing when every stream completed."""
-    if not incomplete:
-        return ""
-    return " (not: " + ", ".join(f"{n} {why}" for why, n in sorted(incomplete.items())) + ")"
