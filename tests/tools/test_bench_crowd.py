@@ -25,11 +25,8 @@ class ThreeWays:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Answer one request in its turn's way."""
         if scope["type"] != "http":
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
+            await crowd.sink_app(scope, receive, send)  # the server's start and stop
             return
-        while (await receive()).get("more_body"):
-            pass
         way = next(self.turn) % 3
         if way == 2:
             await send({"type": "http.response.start", "status": 503, "headers": []})
